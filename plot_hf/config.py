@@ -1,0 +1,172 @@
+"""``PLOTConfig``: ``transformers.TrainingArguments`` plus every knob of PLOT."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Literal
+
+from transformers import TrainingArguments
+
+SOLVER_NAMES = ("cagrad", "mgda", "epo")
+ANCHORS = ("class_prior", "uniform")
+GRADIENT_METHODS = ("loop", "batched")
+
+
+@dataclass
+class PLOTConfig(TrainingArguments):
+    r"""
+    Configuration for [`PLOTTrainer`]: the Trainer's arguments plus those of PLOT (Zhou et al., ICLR 2024).
+
+    Only the parameters specific to PLOT are listed here; see [`~transformers.TrainingArguments`] for the rest.
+    Defaults follow the released CIFAR configs of the reference code (`zzpustc/PLOT`).
+
+    Parameters:
+        > Parameters that control when PLOT runs
+
+        moo_until_epoch (`float`, *optional*, defaults to `30.0`):
+            The epoch E at which multi-objective training stops: epochs `< E` use the PLOT step, later epochs the
+            plain step of the baseline. `0` switches PLOT off (the step is then exactly `Trainer`'s). The reference
+            configs use 30 (CIFAR-100) and 80 / 50 / 20 (CIFAR-10 at imbalance 200 / 100 / 50); the reference's key
+            for it, `pareto_start_epoch`, is where MOO *ends*.
+
+        > Parameters that control the multi-objective solver
+
+        moo_solver (`str`, *optional*, defaults to `"cagrad"`):
+            Solver of `plot_hf.moo.SOLVERS` that turns the Gramian of the class gradients into class coefficients:
+            `"cagrad"`, `"mgda"` or `"epo"`.
+        cagrad_alpha (`float`, *optional*, defaults to `0.5`):
+            CAGrad's conflict-aversion radius `c = alpha * ||g0||`.
+        cagrad_rescale (`int`, *optional*, defaults to `1`):
+            CAGrad's rescaling of the direction: 0 none, 1 `/(1 + alpha^2)` (reference), 2 `/(1 + alpha)`.
+        moo_anchor (`str`, *optional*, defaults to `"class_prior"`):
+            Preference over the classes present: `"class_prior"` uses `b_k ∝ log(n_max / n_k + 0.01) / 2` (tail
+            classes weigh more, the reference's `cls_pre`), `"uniform"` uses `1 / K`. CAGrad's anchor and start
+            point; EPO's preference vector.
+        moo_modules (`list[str]` or `None`, *optional*, defaults to `None`):
+            Module names (glob patterns, relative to the backbone) whose parameters are the shared representation
+            updated with the conflict-averse direction. `None` picks the last stage of the backbone (`layer3` of
+            the CIFAR ResNet-32, `layer4` of a ResNet-50, the last `stages.N` of timm's stage-based models).
+        moo_gradient_method (`str`, *optional*, defaults to `"loop"`):
+            How per-class gradients are computed: `"loop"` (one `autograd.grad` per class) or `"batched"` (batched
+            vector-Jacobian products in chunks of `moo_chunk_size` classes). Both are exact.
+        moo_chunk_size (`int` or `None`, *optional*, defaults to `None`):
+            Classes per batched vector-Jacobian call; bounds the memory of `"batched"`. `None`: all at once.
+
+        > Parameters that control SAM and the variability-collapse loss
+
+        sam_rho (`float`, *optional*, defaults to `1e-4`):
+            Radius of the SAM perturbation of the MOO parameters (`rho * g / ||g||`). `0` disables SAM.
+        sam_keep_fraction (`float`, *optional*, defaults to `0.0`):
+            Fraction of the perturbation kept after the step (the reference CIFAR-10 configs' `perturb_radius`,
+            0.5); plain SAM restores fully (0).
+        vc_weight (`float`, *optional*, defaults to `0.02`):
+            Weight of the variability-collapse loss (mean over classes of the std of their per-sample losses).
+
+        > Parameters of the baseline
+
+        class_counts (`list[int]` or `None`, *optional*, defaults to `None`):
+            Training-set count per class (for the class-prior anchor and class-aware losses). `None`: counted from
+            the train dataset's `labels` column.
+        mixup_alpha (`float`, *optional*, defaults to `0.0`):
+            Mixup's Beta(alpha, alpha) parameter; `0` disables mixup (the reference's cRT+Mixup baseline uses 1.0).
+            With mixup, classes are grouped by the first label of each mixed pair, as in the reference code.
+        loss_type (`str`, *optional*, defaults to `"ce"`):
+            The baseline's per-sample loss, a name of `plot_hf.losses.LOSSES` (`"ce"`, `"ldam"`,
+            `"balanced_softmax"`, ...).
+        loss_kwargs (`dict` or `None`, *optional*, defaults to `None`):
+            Keyword arguments of the loss (e.g. `{"drw_epoch": 160}`).
+
+        > Parameters of the learning-rate schedule
+
+        lr_milestones (`list[float]` or `None`, *optional*, defaults to `None`):
+            Epochs at which the learning rate is multiplied by `lr_decay`. When set, the reference schedule is used
+            instead of `lr_scheduler_type`: linear warm-up over `lr_warmup_epochs` epochs from a third of the rate
+            (as the reference's `WarmupMultiStepLR`), then step decay; it changes once per epoch.
+        lr_warmup_epochs (`float`, *optional*, defaults to `5.0`):
+            Warm-up length of the reference schedule.
+        lr_decay (`float`, *optional*, defaults to `0.1`):
+            Multiplicative decay at each milestone.
+
+    Defaults that differ from [`~transformers.TrainingArguments`]: `remove_unused_columns=False` (images are
+    transformed lazily), `ddp_find_unused_parameters=False`.
+    """
+
+    moo_until_epoch: float = field(default=30.0, metadata={"help": "Epoch E at which MOO stops; 0 disables PLOT."})
+    moo_solver: Literal["cagrad", "mgda", "epo"] = field(
+        default="cagrad", metadata={"help": "MOO solver.", "choices": list(SOLVER_NAMES)}
+    )
+    cagrad_alpha: float = field(default=0.5, metadata={"help": "CAGrad's alpha (c = alpha * ||g0||)."})
+    cagrad_rescale: int = field(default=1, metadata={"help": "CAGrad rescale: 0 none, 1 /(1+a^2), 2 /(1+a)."})
+    moo_anchor: Literal["class_prior", "uniform"] = field(
+        default="class_prior", metadata={"help": "Preference over classes.", "choices": list(ANCHORS)}
+    )
+    moo_modules: list[str] | None = field(
+        default=None, metadata={"help": "Module-name patterns of the MOO parameters; default: last stage."}
+    )
+    moo_gradient_method: Literal["loop", "batched"] = field(
+        default="loop", metadata={"help": "Per-class gradient method.", "choices": list(GRADIENT_METHODS)}
+    )
+    moo_chunk_size: int | None = field(default=None, metadata={"help": "Classes per batched VJP call."})
+    sam_rho: float = field(default=1e-4, metadata={"help": "SAM radius; 0 disables SAM."})
+    sam_keep_fraction: float = field(default=0.0, metadata={"help": "Fraction of the SAM perturbation kept."})
+    vc_weight: float = field(default=0.02, metadata={"help": "Weight of the variability-collapse loss."})
+    class_counts: list[int] | None = field(default=None, metadata={"help": "Training count per class."})
+    mixup_alpha: float = field(default=0.0, metadata={"help": "Mixup Beta parameter; 0 disables mixup."})
+    loss_type: str = field(default="ce", metadata={"help": "Baseline per-sample loss name."})
+    loss_kwargs: dict | None = field(default=None, metadata={"help": "Keyword arguments of the loss."})
+    lr_milestones: list[float] | None = field(default=None, metadata={"help": "Epochs of x lr_decay steps."})
+    lr_warmup_epochs: float = field(default=5.0, metadata={"help": "Warm-up epochs of the reference schedule."})
+    lr_decay: float = field(default=0.1, metadata={"help": "Decay factor at each milestone."})
+
+    remove_unused_columns: bool = field(default=False, metadata={"help": "Keep columns for lazy transforms."})
+    ddp_find_unused_parameters: bool | None = field(default=False, metadata={"help": "DDP unused-parameter search."})
+
+    def __post_init__(self) -> None:
+        self._validate_plot_arguments()
+        super().__post_init__()
+
+    def _validate_plot_arguments(self) -> None:
+        def fail(key: str, value: object, expected: str) -> None:
+            raise ValueError(f"`{key}`={value!r} is invalid: {expected}.")
+
+        if not (self.moo_until_epoch >= 0 and not math.isnan(self.moo_until_epoch)):
+            fail("moo_until_epoch", self.moo_until_epoch, "it must be >= 0 (0 switches PLOT off)")
+        if self.moo_solver not in SOLVER_NAMES:
+            fail("moo_solver", self.moo_solver, f"choose one of {SOLVER_NAMES}")
+        if self.moo_anchor not in ANCHORS:
+            fail("moo_anchor", self.moo_anchor, f"choose one of {ANCHORS}")
+        if self.moo_gradient_method not in GRADIENT_METHODS:
+            fail("moo_gradient_method", self.moo_gradient_method, f"choose one of {GRADIENT_METHODS}")
+        if self.cagrad_alpha < 0:
+            fail("cagrad_alpha", self.cagrad_alpha, "it must be >= 0")
+        if self.cagrad_rescale not in (0, 1, 2):
+            fail("cagrad_rescale", self.cagrad_rescale, "choose 0, 1 or 2")
+        if self.sam_rho < 0:
+            fail("sam_rho", self.sam_rho, "it must be >= 0")
+        if not 0.0 <= self.sam_keep_fraction <= 1.0:
+            fail("sam_keep_fraction", self.sam_keep_fraction, "it must lie in [0, 1]")
+        if self.vc_weight < 0:
+            fail("vc_weight", self.vc_weight, "it must be >= 0")
+        if self.mixup_alpha < 0:
+            fail("mixup_alpha", self.mixup_alpha, "it must be >= 0 (0 disables mixup)")
+        if self.moo_chunk_size is not None and self.moo_chunk_size < 1:
+            fail("moo_chunk_size", self.moo_chunk_size, "it must be a positive integer or None")
+        if self.moo_modules is not None and (
+            not self.moo_modules or not all(isinstance(p, str) and p for p in self.moo_modules)
+        ):
+            fail("moo_modules", self.moo_modules, "give a non-empty list of module-name patterns, or None")
+        if self.class_counts is not None:
+            bad = [i for i, n in enumerate(self.class_counts) if int(n) < 1]
+            if bad:
+                fail("class_counts", self.class_counts, f"class(es) {bad[:5]} have no training sample")
+        if self.lr_milestones is not None and list(self.lr_milestones) != sorted(self.lr_milestones):
+            fail("lr_milestones", self.lr_milestones, "milestones must be increasing")
+        if self.lr_warmup_epochs < 0:
+            fail("lr_warmup_epochs", self.lr_warmup_epochs, "it must be >= 0")
+        if not 0 < self.lr_decay <= 1:
+            fail("lr_decay", self.lr_decay, "it must lie in (0, 1]")
+
+    @property
+    def plot_enabled(self) -> bool:
+        return self.moo_until_epoch > 0

@@ -1,0 +1,66 @@
+"""timm backbones as transformers models: ``TimmWrapperForImageClassification``.
+
+Any timm architecture name (``resnet50``, ``resnext50_32x4d``, or this project's ``resnet32_cifar``) becomes a
+transformers model that round-trips through ``save_pretrained`` / ``push_to_hub`` and
+``AutoModelForImageClassification.from_pretrained``. The preprocessing metadata (input size, mean, std,
+crop fraction) is stored in ``config.pretrained_cfg``, which is what ``AutoImageProcessor`` and
+``pipeline("image-classification")`` read back.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import timm
+from transformers import TimmWrapperConfig, TimmWrapperForImageClassification
+
+
+def create_image_classifier(
+    architecture: str,
+    label_names: Sequence[str],
+    *,
+    input_size: tuple[int, int, int] | None = None,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    crop_pct: float | None = None,
+    model_args: dict | None = None,
+) -> TimmWrapperForImageClassification:
+    """Build a randomly initialised timm ``architecture`` wrapped for transformers.
+
+    ``label_names`` gives ``num_labels``, ``id2label`` and ``label2id``. ``input_size``, ``mean``, ``std`` and
+    ``crop_pct`` override the architecture's default preprocessing (stored in ``config.pretrained_cfg``).
+    Pretrained weights are never downloaded: fine-tuning from Hub weights goes through
+    ``AutoModelForImageClassification.from_pretrained`` instead.
+    """
+    if not timm.is_model(architecture):
+        raise ValueError(
+            f"Unknown timm architecture `model_name`={architecture!r}. Did you `import plot_hf` (it registers "
+            f"resnet32_cifar)? Similar names: {timm.list_models(f'*{architecture[:6]}*')[:8]}"
+        )
+    if len(label_names) < 2:
+        raise ValueError(f"An image classifier needs at least 2 labels, got {list(label_names)}.")
+    pretrained_cfg = dict(timm.models.get_pretrained_cfg(architecture).to_dict())
+    pretrained_cfg.pop("url", None)
+    pretrained_cfg.pop("hf_hub_id", None)
+    for key, value in {"input_size": input_size, "mean": mean, "std": std, "crop_pct": crop_pct}.items():
+        if value is not None:
+            pretrained_cfg[key] = tuple(value) if isinstance(value, list | tuple) else value
+    pretrained_cfg["num_classes"] = len(label_names)
+    config = TimmWrapperConfig(
+        architecture=architecture,
+        num_labels=len(label_names),
+        id2label=dict(enumerate(label_names)),
+        label2id={name: i for i, name in enumerate(label_names)},
+        model_args=model_args or None,
+        pretrained_cfg=pretrained_cfg,
+    )
+    model = TimmWrapperForImageClassification(config)
+    # transformers' post_init re-initialises the classifier; rebuild the timm model's own initialisation.
+    fresh = timm.create_model(architecture, pretrained=False, num_classes=len(label_names), **(model_args or {}))
+    model.timm_model.load_state_dict(fresh.state_dict())
+    return model
+
+
+def count_parameters(model) -> int:
+    """Number of trainable parameters."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)

@@ -1,0 +1,29 @@
+"""The math of PLOT, torch only: per-class objectives and gradients, their Gramian, the MOO solvers, SAM,
+the variability-collapse loss, and the gradient replacement that applies a solved direction in one backward."""
+
+from .gradients import conflict_fraction, flatten, gramian, per_class_gradients, unflatten
+from .objectives import per_class_objectives, variability_collapse_loss
+from .replay import StageReplay
+from .sam import gradient_is_finite, perturbed, sam_epsilon
+from .solvers import SOLVERS, DegenerateGramianWarning, get_solver, register_solver
+from .surrogate import DirectionSlot, replace_gradient
+
+__all__ = [
+    "SOLVERS",
+    "DegenerateGramianWarning",
+    "DirectionSlot",
+    "StageReplay",
+    "conflict_fraction",
+    "flatten",
+    "get_solver",
+    "gradient_is_finite",
+    "gramian",
+    "per_class_gradients",
+    "per_class_objectives",
+    "perturbed",
+    "register_solver",
+    "replace_gradient",
+    "sam_epsilon",
+    "unflatten",
+    "variability_collapse_loss",
+]

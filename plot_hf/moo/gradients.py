@@ -1,0 +1,98 @@
+"""Per-class gradients restricted to a set of parameters, and their Gramian.
+
+For objectives ``L_1..L_K`` and the flattened parameters ``theta`` (the "MOO parameters"), the per-class
+gradient matrix is ``G = [grad L_1; ...; grad L_K]`` (K x P) and its Gramian is ``G G^T`` (K x K). The CAGrad,
+MGDA and EPO solvers need only the Gramian; the direction ``G^T lambda`` is applied by one backward pass.
+
+Two implementations that must agree: ``method="loop"`` (one ``torch.autograd.grad`` call per class, the
+reference) and ``method="batched"`` (vector-Jacobian products batched with ``is_grads_batched``, in chunks).
+Both read the graph without touching ``.grad``, so they fire no DDP hooks and stay local to the rank.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal
+
+import torch
+
+GradientMethod = Literal["loop", "batched"]
+
+
+def flatten(tensors: Sequence[torch.Tensor | None], like: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Concatenate tensors into one vector; ``None`` (an unused parameter) becomes zeros shaped like ``like``."""
+    return torch.cat(
+        [(t if t is not None else torch.zeros_like(p)).reshape(-1) for t, p in zip(tensors, like, strict=True)]
+    )
+
+
+def unflatten(vector: torch.Tensor, like: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """Split a flat vector into tensors shaped like ``like`` (the inverse of :func:`flatten`)."""
+    pieces = torch.split(vector, [p.numel() for p in like])
+    return [piece.view_as(p) for piece, p in zip(pieces, like, strict=True)]
+
+
+def per_class_gradients(
+    objectives: torch.Tensor,
+    params: Sequence[torch.Tensor],
+    *,
+    method: GradientMethod = "loop",
+    chunk_size: int | None = None,
+    retain_graph: bool = True,
+) -> torch.Tensor:
+    """Return the K x P matrix of gradients of each objective w.r.t. ``params`` (flattened and concatenated).
+
+    ``chunk_size`` bounds how many classes one batched call handles (memory ~ chunk_size x P x activations);
+    ``None`` means all at once. The graph is kept (``retain_graph``) so that a final backward can follow.
+    """
+    if objectives.ndim != 1:
+        raise ValueError(f"`objectives` must be a 1-D tensor of K class losses, got shape {tuple(objectives.shape)}.")
+    num_objectives = objectives.numel()
+    if method == "loop":
+        rows = []
+        for k in range(num_objectives):
+            grads = torch.autograd.grad(objectives[k], params, retain_graph=True, allow_unused=True)
+            rows.append(flatten(grads, params))
+        return torch.stack(rows)
+    if method == "batched":
+        step = chunk_size or num_objectives
+        eye = torch.eye(num_objectives, dtype=objectives.dtype, device=objectives.device)
+        blocks = []
+        for start in range(0, num_objectives, step):
+            grads = torch.autograd.grad(
+                objectives,
+                params,
+                grad_outputs=eye[start : start + step],
+                retain_graph=True,
+                allow_unused=True,
+                is_grads_batched=True,
+            )
+            rows = grads[0].shape[0] if grads[0] is not None else eye[start : start + step].shape[0]
+            blocks.append(
+                torch.cat(
+                    [
+                        (g if g is not None else torch.zeros((rows, *p.shape), dtype=p.dtype, device=p.device)).reshape(
+                            rows, -1
+                        )
+                        for g, p in zip(grads, params, strict=True)
+                    ],
+                    dim=1,
+                )
+            )
+        return torch.cat(blocks)
+    raise ValueError(f"Unknown per-class gradient `method` {method!r}; choose 'loop' or 'batched'.")
+
+
+def gramian(gradient_matrix: torch.Tensor) -> torch.Tensor:
+    """``G G^T`` in float64-safe form: computed in the matrix's dtype, symmetrised."""
+    product = gradient_matrix @ gradient_matrix.T
+    return (product + product.T) / 2
+
+
+def conflict_fraction(gram: torch.Tensor) -> torch.Tensor:
+    """Fraction of class pairs ``i < j`` whose gradients conflict (negative cosine, i.e. ``gram[i, j] < 0``)."""
+    k = gram.shape[0]
+    if k < 2:
+        return gram.new_zeros(())
+    upper = torch.triu(torch.ones_like(gram, dtype=torch.bool), diagonal=1)
+    return (gram[upper] < 0).to(gram.dtype).mean()

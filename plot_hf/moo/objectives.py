@@ -1,0 +1,53 @@
+"""Per-class objectives and the variability-collapse loss.
+
+With per-sample losses ``l_i``, labels ``y_i`` and batch size ``B``, PLOT's objective for a class ``k`` present
+in the batch is
+
+    L_k = (1 / B) * sum_{i : y_i = k} l_i,
+
+so that ``sum_k L_k`` is the batch-mean loss. Classes absent from the batch are left out.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def per_class_objectives(
+    per_sample_losses: torch.Tensor, labels: torch.Tensor, batch_size: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Return ``(classes, objectives)``: the sorted classes present and ``L_k`` for each of them.
+
+    ``batch_size`` defaults to ``len(per_sample_losses)``; pass the global batch size when the batch is split.
+    """
+    if per_sample_losses.ndim != 1 or per_sample_losses.shape != labels.shape:
+        raise ValueError(
+            f"`per_sample_losses` and `labels` must be 1-D of the same length, got {tuple(per_sample_losses.shape)} "
+            f"and {tuple(labels.shape)}."
+        )
+    classes, position = torch.unique(labels, sorted=True, return_inverse=True)
+    denominator = float(batch_size if batch_size is not None else per_sample_losses.numel())
+    sums = per_sample_losses.new_zeros(classes.numel()).index_add(0, position, per_sample_losses)
+    return classes, sums / denominator
+
+
+def variability_collapse_loss(per_sample_losses: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """PLOT's variability-collapse penalty: the mean over classes with >= 2 samples of the std of their losses.
+
+        L_vc = (1 / |K2|) * sum_{k in K2} std({l_i : y_i = k}),   K2 = {k : n_k >= 2},
+
+    with the unbiased std (``torch.std``'s default, as in the reference code). It is 0 when no class has two
+    samples. Unlike ``torch.std``, a class whose losses are all equal contributes 0 with a finite (zero) gradient.
+    """
+    classes, position = torch.unique(labels, return_inverse=True)
+    counts = torch.bincount(position, minlength=classes.numel()).to(per_sample_losses.dtype)
+    sums = per_sample_losses.new_zeros(classes.numel()).index_add(0, position, per_sample_losses)
+    means = sums / counts
+    centred = per_sample_losses - means[position]
+    squares = per_sample_losses.new_zeros(classes.numel()).index_add(0, position, centred * centred)
+    eligible = counts >= 2
+    variance = squares / (counts - 1).clamp_min(1)
+    positive = eligible & (variance > 0)
+    std = torch.where(positive, variance.clamp_min(torch.finfo(variance.dtype).tiny).sqrt(), variance.new_zeros(()))
+    num_eligible = eligible.sum()
+    return std.sum() / num_eligible.clamp_min(1).to(std.dtype)

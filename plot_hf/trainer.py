@@ -1,0 +1,272 @@
+"""``PLOTTrainer``: a ``transformers.Trainer`` whose ``training_step`` runs PLOT in the early epochs."""
+
+from __future__ import annotations
+
+import fnmatch
+import math
+from collections import defaultdict
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from transformers import Trainer
+
+from .config import PLOTConfig
+from .losses import build_loss, mixup_loss
+from .schedule import warmup_multistep_schedule
+from .step import MOOParameters, PLOTStep, _logits
+
+
+class PLOTTrainer(Trainer):
+    """Trainer for PLOT (Zhou, Liu, Zhao, Gong: "Pareto Deep Long-Tailed Recognition: A Conflict-Averse
+    Solution", ICLR 2024).
+
+    During epochs ``< args.moo_until_epoch`` each micro-batch takes the PLOT step (:mod:`plot_hf.step`): a SAM
+    perturbation of the MOO stage, one objective per class present, the solver's conflict-averse direction
+    for the MOO stage, and the variability-collapse loss; afterwards, the plain step of the baseline loss
+    (``args.loss_type``, with mixup when ``args.mixup_alpha > 0``). With ``moo_until_epoch=0`` and the default
+    loss, every step is exactly ``Trainer``'s.
+
+    Example::
+
+        import plot_hf
+        from plot_hf import PLOTConfig, PLOTTrainer
+
+        args = PLOTConfig(output_dir="out", num_train_epochs=200, moo_until_epoch=30, learning_rate=0.1)
+        trainer = PLOTTrainer(model=model, args=args, train_dataset=train, eval_dataset=val,
+                              data_collator=collate)
+        trainer.train()
+
+    Gradient accumulation: each micro-batch takes its own PLOT step (its own classes, SAM perturbation and
+    solver) and the directions add up, each divided by the number of accumulation steps, as the plain step's
+    gradients do. Logged per step: ``plot/num_classes`` (classes in the micro-batch), ``plot/coef_std``
+    (spread of the solver's coefficients), ``plot/conflict_fraction`` (class-gradient pairs with negative
+    cosine), ``plot/degenerate`` (solver fallbacks), ``plot/vc_loss``.
+    """
+
+    args: PLOTConfig
+
+    def __init__(self, model: nn.Module | None = None, args: PLOTConfig | None = None, **kwargs: Any):
+        if args is not None and not isinstance(args, PLOTConfig):
+            raise TypeError(
+                f"PLOTTrainer needs `args` to be a PLOTConfig (a TrainingArguments subclass), got {type(args).__name__}."
+            )
+        super().__init__(model=model, args=args, **kwargs)
+        unwrapped = self.accelerator.unwrap_model(self.model)
+        num_labels = int(getattr(getattr(unwrapped, "config", None), "num_labels", 0) or 0)
+        self.class_counts = resolve_class_counts(self.args.class_counts, self.train_dataset, num_labels)
+        self.loss_fn = build_loss(self.args.loss_type, self.class_counts, **(self.args.loss_kwargs or {}))
+        self.loss_fn.to(self.args.device)
+        self._anchor_table = class_prior_anchor(self.class_counts)
+        self._plot_step: PLOTStep | None = None
+        self._plot_logs: dict[str, list[float]] = defaultdict(list)
+        if self.args.plot_enabled:
+            self._plot_step = PLOTStep(
+                moo=resolve_moo_parameters(unwrapped, self.args.moo_modules),
+                solver_name=self.args.moo_solver,
+                solver_kwargs=self._solver_kwargs(),
+                rho=self.args.sam_rho,
+                keep_fraction=self.args.sam_keep_fraction,
+                vc_weight=self.args.vc_weight,
+                gradient_method=self.args.moo_gradient_method,
+                chunk_size=self.args.moo_chunk_size,
+            )
+
+    # ----------------------------------------------------------------------------------------------- step
+    def plot_active(self) -> bool:
+        """Whether the current step is a PLOT step (epoch < E)."""
+        epoch = self.state.epoch or 0.0
+        return self._plot_step is not None and epoch < self.args.moo_until_epoch
+
+    def training_step(
+        self, model: nn.Module, inputs: dict[str, Any], num_items_in_batch: torch.Tensor | int | None = None
+    ) -> torch.Tensor:
+        self.loss_fn.set_epoch(self.state.epoch or 0.0)
+        if not self.plot_active():
+            return super().training_step(model, inputs, num_items_in_batch)
+        model.train()
+        inputs = self._prepare_inputs(inputs)
+        pixel_values, labels = inputs["pixel_values"], inputs["labels"]
+        pixel_values, per_sample_loss, group_labels = self._baseline(pixel_values, labels)
+        scale = self._backward_scale()
+        clean_loss, diagnostics = self._plot_step.run(  # type: ignore[union-attr]
+            model=model,
+            unwrapped=self.accelerator.unwrap_model(model),
+            pixel_values=pixel_values,
+            group_labels=group_labels,
+            per_sample_loss=per_sample_loss,
+            anchor_for=self._anchor,
+            backward=lambda loss: self.accelerator.backward(loss / self.current_gradient_accumulation_steps),
+            loss_scale=scale,
+            autocast=self.accelerator.autocast,
+            forward_context=self.compute_loss_context_manager,
+        )
+        for key, value in vars(diagnostics).items():
+            if key != "extras":
+                self._plot_logs[f"plot/{key}"].append(value)
+        return clean_loss / self.current_gradient_accumulation_steps
+
+    def compute_loss(
+        self,
+        model: nn.Module,
+        inputs: dict[str, Any],
+        return_outputs: bool = False,
+        num_items_in_batch: torch.Tensor | int | None = None,
+    ):
+        """The baseline's loss (``loss_type``, mixup when enabled) for the plain step and for evaluation."""
+        if "labels" not in inputs:
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        inputs = dict(inputs)
+        labels = inputs.pop("labels")
+        pixel_values = inputs.pop("pixel_values")
+        if model.training:
+            pixel_values, per_sample_loss, _ = self._baseline(pixel_values, labels)
+        else:
+            def per_sample_loss(logits: torch.Tensor) -> torch.Tensor:
+                return self.loss_fn(logits, labels)
+        outputs = model(pixel_values=pixel_values, **inputs)
+        loss = per_sample_loss(_logits(outputs)).mean()
+        return (loss, outputs) if return_outputs else loss
+
+    def _baseline(self, pixel_values: torch.Tensor, labels: torch.Tensor):
+        """Mixup (when enabled) and the per-sample loss; returns (inputs, loss of logits, grouping labels)."""
+        alpha = self.args.mixup_alpha
+        if alpha > 0:
+            lam = float(np.random.beta(alpha, alpha))
+            index = torch.randperm(pixel_values.shape[0], device=pixel_values.device)
+            mixed = lam * pixel_values + (1 - lam) * pixel_values[index]
+            labels_b = labels[index]
+
+            def per_sample_loss(logits: torch.Tensor) -> torch.Tensor:
+                return mixup_loss(self.loss_fn, logits, labels, labels_b, lam)
+
+            return mixed, per_sample_loss, labels
+
+        def plain_loss(logits: torch.Tensor) -> torch.Tensor:
+            return self.loss_fn(logits, labels)
+
+        return pixel_values, plain_loss, labels
+
+    def _backward_scale(self) -> float | torch.Tensor:
+        """The factor ``accelerator.backward`` applies to the loss we pass it (for the gradient replacement)."""
+        scale: float | torch.Tensor = 1.0 / self.current_gradient_accumulation_steps
+        scale /= self.accelerator.gradient_accumulation_steps
+        scaler = getattr(self.accelerator, "scaler", None)
+        if scaler is not None and scaler.is_enabled():
+            scale = scaler.get_scale() * scale
+        return scale
+
+    def _anchor(self, classes: torch.Tensor) -> torch.Tensor | None:
+        if self.args.moo_anchor == "uniform":
+            return None
+        anchor = self._anchor_table.to(classes.device)[classes].double()
+        return anchor / anchor.sum()
+
+    def _solver_kwargs(self) -> dict:
+        if self.args.moo_solver == "cagrad":
+            return {"alpha": self.args.cagrad_alpha, "rescale": self.args.cagrad_rescale}
+        return {}
+
+    # -------------------------------------------------------------------------------------- schedule, log
+    def create_scheduler(self, num_training_steps: int, optimizer: torch.optim.Optimizer | None = None):
+        if self.args.lr_milestones is None or self.lr_scheduler is not None:
+            return super().create_scheduler(num_training_steps, optimizer)
+        optimizer = optimizer if optimizer is not None else self.optimizer
+        steps_per_epoch = max(1, math.ceil(num_training_steps / max(self.args.num_train_epochs, 1e-9)))
+        self.lr_scheduler = warmup_multistep_schedule(
+            optimizer,
+            steps_per_epoch=steps_per_epoch,
+            warmup_epochs=self.args.lr_warmup_epochs,
+            milestones=self.args.lr_milestones,
+            decay=self.args.lr_decay,
+        )
+        self._created_lr_scheduler = True
+        return self.lr_scheduler
+
+    def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
+        if self._plot_logs and "loss" in logs:
+            for key, values in self._plot_logs.items():
+                logs[key] = float(np.mean(values)) if key != "plot/degenerate" else float(np.sum(values))
+            self._plot_logs.clear()
+        super().log(logs, *args, **kwargs)
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+def class_prior_anchor(class_counts: Sequence[int]) -> torch.Tensor:
+    """The reference's class-prior preference ``b_k = log(n_max / n_k + 0.01) / 2`` (unnormalised)."""
+    counts = torch.as_tensor(list(class_counts), dtype=torch.float64)
+    return torch.log(counts.max() / counts + 0.01) / 2
+
+
+def resolve_class_counts(counts: Sequence[int] | None, train_dataset: Any, num_labels: int) -> list[int]:
+    """The training count per class: given, or counted from the dataset's ``labels`` (or ``label``) column."""
+    if counts is None:
+        if train_dataset is None:
+            raise ValueError("`class_counts` is not set and there is no train_dataset to count the labels from.")
+        column = next(
+            (c for c in ("labels", "label") if c in getattr(train_dataset, "column_names", []) or []), None
+        )
+        if column is None:
+            raise ValueError(
+                "`class_counts` is not set and the train dataset has no `labels` or `label` column to count from "
+                f"(columns: {getattr(train_dataset, 'column_names', None)})."
+            )
+        labels = np.asarray(train_dataset.with_format("numpy")[column]).astype(np.int64)
+        if labels.size and (labels.min() < 0 or (num_labels and labels.max() >= num_labels)):
+            bad = labels[(labels < 0) | ((labels >= num_labels) if num_labels else False)]
+            raise ValueError(f"Label {int(bad[0])} in column `{column}` is outside [0, {num_labels}).")
+        counts = np.bincount(labels, minlength=num_labels or 0).tolist()
+    counts = [int(n) for n in counts]
+    if num_labels and len(counts) != num_labels:
+        raise ValueError(f"`class_counts` has {len(counts)} entries but the model has {num_labels} labels.")
+    empty = [i for i, n in enumerate(counts) if n < 1]
+    if empty:
+        raise ValueError(f"Class(es) {empty[:10]} have no training sample; PLOT needs every class in the train set.")
+    return counts
+
+
+def default_moo_stage(model: nn.Module) -> str:
+    """Name of the last stage of the backbone, from timm's ``feature_info`` (e.g. ``layer3``, ``stages.3``)."""
+    backbone = getattr(model, "timm_model", model)
+    info = getattr(backbone, "feature_info", None)
+    if info is not None:
+        entries = info.get_dicts() if hasattr(info, "get_dicts") else list(info)
+        modules = [e.get("module") for e in entries if e.get("module")]
+        if modules:
+            return modules[-1]
+    raise ValueError(
+        f"Cannot find the last stage of {type(backbone).__name__} (no timm `feature_info`); set `moo_modules` to "
+        "the module name(s) of the shared representation, e.g. ['layer4']."
+    )
+
+
+def resolve_moo_parameters(model: nn.Module, patterns: Sequence[str] | None) -> MOOParameters:
+    """Match ``patterns`` (globs relative to the backbone, or to the model) to modules; collect their parameters."""
+    prefix = "timm_model." if hasattr(model, "timm_model") else ""
+    patterns = list(patterns) if patterns else [default_moo_stage(model)]
+    module_names = [name for name, _ in model.named_modules() if name]
+    matched: list[str] = []
+    for pattern in patterns:
+        hits = [
+            n for n in module_names
+            if fnmatch.fnmatchcase(n, pattern) or (prefix and fnmatch.fnmatchcase(n, prefix + pattern))
+        ]
+        if not hits:
+            raise ValueError(
+                f"`moo_modules` pattern {pattern!r} matches no module of {type(model).__name__}; top-level "
+                f"modules: {[n for n in module_names if n.count('.') <= (1 if prefix else 0)][:20]}."
+            )
+        matched += [h for h in hits if not any(h.startswith(m + ".") for m in matched)]
+    matched = [m for m in matched if not any(m.startswith(o + ".") for o in matched if o != m)]
+    names, params = [], []
+    for name, param in model.named_parameters():
+        if param.requires_grad and any(name.startswith(m + ".") for m in matched):
+            names.append(name)
+            params.append(param)
+    if not params:
+        raise ValueError(f"`moo_modules` {patterns} match modules {matched} without trainable parameters.")
+    order = {name: i for i, name in enumerate(module_names)}
+    stage = min(matched, key=lambda m: order[m])
+    return MOOParameters(names=names, params=params, stage_name=stage)
