@@ -58,7 +58,7 @@ class StepDiagnostics:
     """What one PLOT step reports to the logs."""
 
     num_classes: float
-    coefficient_std: float
+    coef_std: float
     conflict_fraction: float
     degenerate: float
     vc_loss: float
@@ -163,7 +163,7 @@ class PLOTStep:
 
         diagnostics = StepDiagnostics(
             num_classes=float(classes.numel()),
-            coefficient_std=float(coefficients.std()) if coefficients.numel() > 1 else 0.0,
+            coef_std=float(coefficients.std()) if coefficients.numel() > 1 else 0.0,
             conflict_fraction=float(conflict_fraction(gram)),
             degenerate=float(degenerate),
             vc_loss=float(vc.detach()),

@@ -1,0 +1,36 @@
+"""Small builders shared by the trainer tests: a tiny image dataset and a tiny timm model."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from datasets import Dataset
+
+import plot_hf  # noqa: F401
+from plot_hf.models import create_image_classifier
+
+
+def tensor_dataset(num_rows: int = 64, num_classes: int = 4, size: int = 8, seed: int = 0) -> Dataset:
+    """Rows of ``pixel_values`` (3 x size x size floats) and long-tailed ``labels``."""
+    rng = np.random.default_rng(seed)
+    weights = np.array([0.5 ** k for k in range(num_classes)])
+    labels = rng.choice(num_classes, size=num_rows, p=weights / weights.sum())
+    labels[:num_classes] = np.arange(num_classes)  # every class present
+    pixels = rng.standard_normal((num_rows, 3, size, size)).astype(np.float32) + labels[:, None, None, None] * 0.3
+    return Dataset.from_dict({"pixel_values": list(pixels), "labels": labels.tolist()}).with_format("torch")
+
+
+def collate(rows: list[dict]) -> dict[str, torch.Tensor]:
+    return {
+        "pixel_values": torch.stack([torch.as_tensor(r["pixel_values"]) for r in rows]),
+        "labels": torch.as_tensor([int(r["labels"]) for r in rows]),
+    }
+
+
+def tiny_model(architecture: str = "resnet20_cifar", num_classes: int = 4, seed: int = 0):
+    torch.manual_seed(seed)
+    return create_image_classifier(architecture, [f"c{i}" for i in range(num_classes)], input_size=(3, 8, 8))
+
+
+def parameters_of(model) -> dict[str, torch.Tensor]:
+    return {n: p.detach().clone() for n, p in model.named_parameters()}
