@@ -88,6 +88,12 @@ class PLOTConfig(TrainingArguments):
         lr_decay (`float`, *optional*, defaults to `0.1`):
             Multiplicative decay at each milestone.
 
+        > Hub
+
+        hub_allow_offline (`bool`, *optional*, defaults to `False`):
+            With `push_to_hub` and no access to the Hub, train anyway and skip the upload (a warning says so),
+            instead of failing before training.
+
     Defaults that differ from [`~transformers.TrainingArguments`]: `remove_unused_columns=False` (images are
     transformed lazily), `ddp_find_unused_parameters=False`.
     """
@@ -118,6 +124,10 @@ class PLOTConfig(TrainingArguments):
     lr_milestones: list[float] | None = field(default=None, metadata={"help": "Epochs of x lr_decay steps."})
     lr_warmup_epochs: float = field(default=5.0, metadata={"help": "Warm-up epochs of the reference schedule."})
     lr_decay: float = field(default=0.1, metadata={"help": "Decay factor at each milestone."})
+
+    hub_allow_offline: bool = field(
+        default=False, metadata={"help": "With push_to_hub and no Hub access: train anyway, skip the upload."}
+    )
 
     remove_unused_columns: bool = field(default=False, metadata={"help": "Keep columns for lazy transforms."})
     ddp_find_unused_parameters: bool | None = field(default=False, metadata={"help": "DDP unused-parameter search."})

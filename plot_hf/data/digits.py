@@ -1,18 +1,16 @@
-"""The embedded default: a long-tailed version of scikit-learn's digits (no download, ships with sklearn).
+"""The embedded default source: scikit-learn's digits (ships with scikit-learn; no download).
 
-``load_digits`` gives 1,797 grey 8x8 images of the digits 0-9 (about 180 per class). From each class, in a
-seeded random order, the first ``test_per_class`` images form a balanced test split, the next
-``validation_per_class`` a balanced validation split, and the training split keeps the first ``n_k`` of the
-rest, with ``n_k`` from the exponential (or step) profile over ``max_per_class`` (class 0 the head). Images
-are stored as 8x8 RGB ``datasets.Image`` (pixel values 0-16 scaled to 0-255), labels as ``ClassLabel``.
+``load_digits`` gives 1,797 grey 8x8 images of the digits 0-9 (about 180 per class). :func:`digits_source`
+returns them as a ``DatasetDict`` in the project's schema (``image``: 8x8 RGB ``Image``, pixel values 0-16
+scaled to 0-255; ``labels``: ``ClassLabel`` "0".."9"): a balanced ``test`` split of ``test_per_class`` images
+per class drawn with a seeded generator, and a ``train`` split with the rest. The builder then makes the
+training split long-tailed (``source: digits`` in a recipe's ``data:`` section) like any other source.
 """
 
 from __future__ import annotations
 
 import numpy as np
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Image
-
-from .profiles import ProfileName, class_counts
 
 DIGIT_NAMES = [str(d) for d in range(10)]
 
@@ -21,40 +19,26 @@ def digits_features() -> Features:
     return Features({"image": Image(), "labels": ClassLabel(names=DIGIT_NAMES)})
 
 
-def build_digits_lt(
-    imbalance_factor: float = 10.0,
-    *,
-    profile: ProfileName = "exponential",
-    max_per_class: int = 110,
-    test_per_class: int = 50,
-    validation_per_class: int = 10,
-    seed: int = 0,
-) -> tuple[DatasetDict, list[int]]:
-    """Return ``(DatasetDict(train, validation, test), train class counts)``."""
+def digits_source(test_per_class: int = 50, seed: int = 0) -> DatasetDict:
+    """``DatasetDict(train, test)`` of scikit-learn's digits; the test split is balanced."""
     from sklearn.datasets import load_digits
 
     digits = load_digits()
     images = (digits.images * (255.0 / 16.0)).round().astype(np.uint8)
     labels = digits.target.astype(np.int64)
-    counts = class_counts(10, max_per_class, imbalance_factor, profile)
     rng = np.random.default_rng(seed)
-    split_indices: dict[str, list[int]] = {"train": [], "validation": [], "test": []}
+    test_rows: list[int] = []
     for label in range(10):
-        members = rng.permutation(np.flatnonzero(labels == label))
-        needed = test_per_class + validation_per_class + counts[label]
-        if members.size < needed:
-            raise ValueError(
-                f"Digit {label} has {members.size} images; test_per_class + validation_per_class + "
-                f"max_per_class needs {needed}. Lower `max_per_class`."
-            )
-        split_indices["test"] += members[:test_per_class].tolist()
-        split_indices["validation"] += members[test_per_class : test_per_class + validation_per_class].tolist()
-        start = test_per_class + validation_per_class
-        split_indices["train"] += members[start : start + counts[label]].tolist()
-    features = digits_features()
-    splits = {}
-    for split, indices in split_indices.items():
-        order = np.asarray(sorted(indices))
-        rgb = np.repeat(images[order][..., None], 3, axis=-1)
-        splits[split] = Dataset.from_dict({"image": list(rgb), "labels": labels[order].tolist()}, features=features)
-    return DatasetDict(splits), counts
+        members = np.flatnonzero(labels == label)
+        if members.size <= test_per_class:
+            raise ValueError(f"`test_per_class`={test_per_class} leaves digit {label} ({members.size} images) no train image.")
+        test_rows += rng.choice(members, size=test_per_class, replace=False).tolist()
+    is_test = np.zeros(labels.size, dtype=bool)
+    is_test[test_rows] = True
+
+    def split(mask: np.ndarray) -> Dataset:
+        rows = np.flatnonzero(mask)
+        rgb = np.repeat(images[rows][..., None], 3, axis=-1)
+        return Dataset.from_dict({"image": list(rgb), "labels": labels[rows].tolist()}, features=digits_features())
+
+    return DatasetDict({"train": split(~is_test), "test": split(is_test)})

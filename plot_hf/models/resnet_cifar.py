@@ -16,7 +16,6 @@ saved model.
 
 from __future__ import annotations
 
-
 import torch
 import torch.nn.functional as F
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model

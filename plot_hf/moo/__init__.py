@@ -5,7 +5,7 @@ from .gradients import conflict_fraction, flatten, gramian, per_class_gradients,
 from .objectives import per_class_objectives, variability_collapse_loss
 from .replay import StageReplay
 from .sam import gradient_is_finite, perturbed, sam_epsilon
-from .solvers import SOLVERS, DegenerateGramianWarning, get_solver, register_solver
+from .solvers import SOLVERS, DegenerateGramianWarning, UnknownSolverError, get_solver, register_solver
 from .surrogate import DirectionSlot, replace_gradient
 
 __all__ = [
@@ -13,6 +13,7 @@ __all__ = [
     "DegenerateGramianWarning",
     "DirectionSlot",
     "StageReplay",
+    "UnknownSolverError",
     "conflict_fraction",
     "flatten",
     "get_solver",

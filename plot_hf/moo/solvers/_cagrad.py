@@ -1,0 +1,99 @@
+"""CAGrad, the conflict-averse direction (Liu et al., "Conflict-Averse Gradient Descent for Multi-task
+Learning", NeurIPS 2021), in the form used by PLOT (Zhou et al., ICLR 2024, reference code
+``zzpustc/PLOT``, ``utils/pareto.py``, function ``cagrad``).
+
+Problem. With ``A = G G^T`` the K x K Gramian of the per-class gradients, ``b`` the anchor (a probability
+vector over the K classes; uniform by default) and ``c = alpha * sqrt(mean(A) + 1e-8) + 1e-8``
+(``alpha * ||g0||`` with ``g0`` the mean gradient), solve the dual of CAGrad (Liu et al., eq. 4)::
+
+    w* = argmin_{w in simplex}  w^T A b + c * sqrt(w^T A w + 1e-8)
+
+and return ``lambda = (1 + K * c / (||G^T w*|| + 1e-8) * w*) / s`` with ``||G^T w*|| = sqrt(w*^T A w*)``
+and ``s = 1 + alpha^2`` (``rescale=1``, default), ``1 + alpha`` (``rescale=2``) or ``1`` (``rescale=0``).
+Then ``G^T lambda = K * (g0 + c / ||G^T w*|| * G^T w*) / s``: the reference direction, multiplied by K
+as the reference does before writing it into ``.grad``.
+
+Departures from the reference code.
+- The reference solves with SciPy SLSQP (finite-difference gradients, default tolerance ``ftol=1e-6``
+  absolute) on the CPU. Here: FISTA on the simplex with an analytic gradient, float64, on the Gramian's
+  device, stopped by a certified Frank-Wolfe gap (relative ``tol``); the result is at least as good as a
+  multi-start SLSQP solve (see the tests).
+- The reference starts SLSQP from the anchor (``x_start = per_weight``) and also uses it as ``b``; we
+  start from the anchor too, but the problem is convex so the start only affects speed.
+- Degenerate Gramians (K = 1, zero, non-finite) give ``ones(K)`` and a ``DegenerateGramianWarning``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from ._registry import finish, prepare, register_solver
+from ._simplex import largest_eigenvalue, minimize_on_simplex
+
+__all__ = ["cagrad", "cagrad_objective"]
+
+_EPS = 1e-8
+
+
+def cagrad_objective(w: Tensor, gramian: Tensor, anchor: Tensor, c: float) -> Tensor:
+    """The dual objective ``w^T A b + c * sqrt(w^T A w + 1e-8)`` (for checks and tests)."""
+    return w @ gramian @ anchor + c * torch.sqrt((w @ gramian @ w).clamp_min(0.0) + _EPS)
+
+
+def _solve_dual(a: Tensor, anchor: Tensor, c: float, max_iter: int, tol: float) -> Tensor:
+    ab = a @ anchor
+
+    def value_grad(x: Tensor, ax: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        s = torch.sqrt((x @ ax).clamp_min(0.0) + _EPS)
+        lin = x @ ab
+        return lin + c * s, ab + (c / s) * ax, lin.abs() + c * s
+
+    s0 = math.sqrt(max(float(anchor @ ab), 0.0) + _EPS)
+    lip = c * float(largest_eigenvalue(a)) / s0
+    floor = c * math.sqrt(float(a.diagonal().mean()))  # the size of c * ||g_k||: the scale of f
+    return minimize_on_simplex(a, value_grad, anchor, lipschitz=lip, max_iter=max_iter, tol=tol, floor=floor)
+
+
+@register_solver("cagrad")
+def cagrad(
+    gramian: Tensor,
+    *,
+    losses: Tensor | None = None,
+    anchor: Tensor | None = None,
+    alpha: float = 0.5,
+    rescale: int = 1,
+    max_iter: int = 2000,
+    tol: float = 1e-9,
+) -> Tensor:
+    """CAGrad coefficients ``lambda`` (K,) for the Gramian ``G G^T``; ``losses`` is accepted and unused.
+
+    Example:
+        >>> import torch
+        >>> from plot_hf.moo.solvers import cagrad
+        >>> cagrad(torch.tensor([[1.0, -0.5], [-0.5, 1.0]]))
+        tensor([1.2000, 1.2000])
+    """
+    if not (isinstance(alpha, int | float) and math.isfinite(alpha) and alpha >= 0):
+        raise ValueError(f"`alpha` must be a finite number >= 0, got {alpha!r}.")
+    if rescale not in (0, 1, 2):
+        raise ValueError(f"`rescale` must be one of (0, 1, 2), got {rescale!r}.")
+    _check_accuracy(max_iter, tol)
+    problem = prepare(gramian, anchor=anchor, losses=losses)
+    if problem.fallback is not None:
+        return problem.fallback
+    a, k = problem.gramian, gramian.shape[0]
+    c = alpha * math.sqrt(float(a.mean()) + _EPS) + _EPS
+    w = _solve_dual(a, problem.anchor, c, max_iter, tol)
+    gw_norm = torch.sqrt((w @ a @ w).clamp_min(0.0))
+    scale = {0: 1.0, 1: 1.0 + alpha**2, 2: 1.0 + alpha}[rescale]
+    return finish((1.0 + k * c / (gw_norm + _EPS) * w) / scale, gramian)
+
+
+def _check_accuracy(max_iter: int, tol: float) -> None:
+    if not (isinstance(max_iter, int) and max_iter >= 1):
+        raise ValueError(f"`max_iter` must be an integer >= 1, got {max_iter!r}.")
+    if not (isinstance(tol, int | float) and tol > 0):
+        raise ValueError(f"`tol` must be a number > 0, got {tol!r}.")

@@ -1,0 +1,144 @@
+"""Recipes: a YAML file whose keys are dataclass fields, with command-line overrides.
+
+Top-level keys belong to :class:`ModelArguments` or :class:`~plot_hf.PLOTConfig`; the ``data:`` mapping holds
+:class:`~plot_hf.data.builder.DataConfig` fields. Command-line flags override the file: ``--learning_rate
+0.05``, ``--data.imbalance_factor 50``, ``--key=value``; values are read as YAML (``true``, ``[160, 180]``).
+An unknown key, in the file or on the command line, is an error that names it (and suggests close names);
+so is a value of the wrong type.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from transformers import HfArgumentParser
+
+from .config import PLOTConfig
+from .data.builder import DataConfig
+
+
+@dataclass
+class ModelArguments:
+    """The model of a recipe.
+
+    model_name (`str`, defaults to `"resnet32_cifar"`): a timm architecture (trained from scratch), or a local
+        folder / Hub id of a saved image classifier (fine-tuned; loaded with `from_pretrained`).
+    model_args (`dict`, *optional*): keyword arguments of the timm architecture (e.g. `{"drop_rate": 0.1}`).
+    baseline_metrics (`str`, *optional*): a `metrics.json` of a baseline run, compared in the model card.
+    """
+
+    model_name: str = field(default="resnet32_cifar", metadata={"help": "timm architecture or saved model."})
+    model_args: dict | None = field(default=None, metadata={"help": "Keyword arguments of the architecture."})
+    baseline_metrics: str | None = field(default=None, metadata={"help": "metrics.json of a baseline run."})
+
+
+@dataclass
+class Recipe:
+    model: ModelArguments
+    data: DataConfig
+    training: PLOTConfig
+    raw: dict[str, Any]
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.raw, sort_keys=False)
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints.get(f.name, Any) for f in dataclasses.fields(cls) if f.init}
+
+
+def _matches(value: Any, annotation: Any) -> bool:
+    """Loose check of a YAML value against a field annotation (ints pass as floats, strings for Literals)."""
+    if annotation is Any or value is None:
+        return True
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        return any(_matches(value, arg) for arg in typing.get_args(annotation))
+    if origin is typing.Literal:
+        return value in typing.get_args(annotation)
+    if origin in (list, tuple):
+        return isinstance(value, list | tuple)
+    if origin is dict:
+        return isinstance(value, dict)
+    if annotation is bool:
+        return isinstance(value, bool)
+    if annotation is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if annotation is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if annotation is str:
+        return isinstance(value, str)
+    if isinstance(annotation, type):
+        return isinstance(value, (annotation, str))  # enums accept their string values
+    return True
+
+
+def _check(section: str, values: dict[str, Any], types_: dict[str, Any]) -> None:
+    for key, value in values.items():
+        if key not in types_:
+            close = difflib.get_close_matches(key, list(types_), n=3)
+            hint = f" Did you mean {', '.join(f'`{c}`' for c in close)}?" if close else ""
+            raise ValueError(f"Unknown recipe key `{section}{key}`.{hint}")
+        if not _matches(value, types_[key]):
+            raise ValueError(
+                f"Recipe key `{section}{key}` expects {getattr(types_[key], '__name__', types_[key])}, "
+                f"got {value!r} ({type(value).__name__})."
+            )
+
+
+def parse_overrides(argv: list[str]) -> dict[str, Any]:
+    """``['--a', '1', '--data.b=x', '--flag']`` -> ``{'a': 1, 'data.b': 'x', 'flag': True}`` (values as YAML)."""
+    overrides: dict[str, Any] = {}
+    i = 0
+    while i < len(argv):
+        token = argv[i]
+        if not token.startswith("--"):
+            raise ValueError(f"Unexpected command-line argument {token!r}; use `--key value`.")
+        key = token[2:]
+        if "=" in key:
+            key, text = key.split("=", 1)
+        elif i + 1 < len(argv) and not argv[i + 1].startswith("--"):
+            text, i = argv[i + 1], i + 1
+        else:
+            text = "true"
+        overrides[key.replace("-", "_") if "." not in key else key] = yaml.safe_load(text)
+        i += 1
+    return overrides
+
+
+def load_recipe(path: str | Path | None, argv: list[str] | None = None) -> Recipe:
+    """Read a recipe (or none: all defaults), apply ``argv`` overrides, validate, build the dataclasses."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"Recipe file {str(path)!r} does not exist.")
+        loaded = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise ValueError(f"Recipe {str(path)!r} must be a YAML mapping of keys to values.")
+        raw = loaded
+    raw = {**raw, "data": dict(raw.get("data") or {})}
+    for key, value in parse_overrides(argv or []).items():
+        if key.startswith("data."):
+            raw["data"][key[5:]] = value
+        else:
+            raw[key] = value
+
+    data_values = raw["data"]
+    model_types, train_types = _field_types(ModelArguments), _field_types(PLOTConfig)
+    top = {k: v for k, v in raw.items() if k != "data"}
+    _check("data.", data_values, _field_types(DataConfig))
+    _check("", top, {**model_types, **train_types})
+    model_values = {k: v for k, v in top.items() if k in model_types}
+    train_values = {k: v for k, v in top.items() if k not in model_types}
+    train_values.setdefault("output_dir", "outputs/plot-hf")
+    (training,) = HfArgumentParser(PLOTConfig).parse_dict(train_values)
+    return Recipe(model=ModelArguments(**model_values), data=DataConfig(**data_values), training=training, raw=raw)

@@ -1,0 +1,147 @@
+"""Train a recipe: ``python -m plot_hf.train RECIPE.yaml [--key value ...]`` (also under ``accelerate launch``).
+
+parse the recipe -> check the Hub (before any work) -> build the long-tailed data -> build the model ->
+PLOTTrainer.train (validation split for model selection) -> test metrics of the last and the best-on-validation
+model -> metrics JSON, plots, model card -> push to the Hub when asked.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import AutoModelForImageClassification, set_seed
+
+from .config import PLOTConfig
+from .data.builder import DataConfig, LTData, build_datasets
+from .data.transforms import build_transforms, collate_fn, with_transforms
+from .hub import HubUnavailableError, check_hub_access
+from .metrics import LTMetrics, make_preprocess_logits_for_metrics
+from .models import count_parameters, create_image_classifier
+from .recipe import ModelArguments, Recipe, load_recipe
+from .report import write_report
+from .trainer import PLOTTrainer
+
+logger = logging.getLogger("plot_hf.train")
+
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)
+
+
+def preprocessing_of(data: DataConfig) -> dict[str, Any]:
+    """Input size, mean, std and crop fraction that the data config's eval transform implies (for the card,
+    ``AutoImageProcessor`` and ``pipeline``)."""
+    if data.transform == "imagenet":
+        size = data.image_size or 224
+        return {"input_size": (3, size, size), "mean": IMAGENET_MEAN, "std": IMAGENET_STD, "crop_pct": 0.875}
+    size = data.image_size or 32
+    if data.transform == "cifar":
+        return {"input_size": (3, size, size), "mean": CIFAR_MEAN, "std": CIFAR_STD, "crop_pct": 1.0}
+    return {"input_size": (3, size, size), "mean": (0.0, 0.0, 0.0), "std": (1.0, 1.0, 1.0), "crop_pct": 1.0}
+
+
+def build_model(model_args: ModelArguments, data: LTData, data_config: DataConfig) -> torch.nn.Module:
+    """A fresh timm architecture, or a saved classifier (local folder / Hub id) to fine-tune."""
+    if Path(model_args.model_name).is_dir() or "/" in model_args.model_name:
+        model = AutoModelForImageClassification.from_pretrained(model_args.model_name)
+        if model.config.num_labels != len(data.label_names):
+            raise ValueError(
+                f"Model {model_args.model_name!r} has {model.config.num_labels} labels, the data "
+                f"{len(data.label_names)}."
+            )
+        return model
+    return create_image_classifier(
+        model_args.model_name, data.label_names, model_args=model_args.model_args, **preprocessing_of(data_config)
+    )
+
+
+def run(recipe: Recipe) -> dict[str, Any]:
+    """Train and evaluate one recipe; returns the final metrics (also written to ``output_dir``)."""
+    args: PLOTConfig = recipe.training
+    if args.push_to_hub:
+        try:
+            check_hub_access(args.hub_model_id or Path(args.output_dir).name)
+        except HubUnavailableError as error:
+            if not args.hub_allow_offline:
+                raise
+            logger.warning("%s Training without the upload (`hub_allow_offline`).", error)
+            args.push_to_hub = False
+    set_seed(args.seed)
+    data = build_datasets(recipe.data)
+    if args.class_counts is None:
+        args.class_counts = list(data.stats.counts)
+    model = build_model(recipe.model, data, recipe.data)
+    preprocessing = preprocessing_of(recipe.data)
+    train_tf, eval_tf = build_transforms(
+        recipe.data.transform, recipe.data.image_size, preprocessing["mean"], preprocessing["std"]
+    )
+    train = with_transforms(data.train, train_tf)
+    validation = with_transforms(data.validation, eval_tf) if data.validation is not None else None
+    test = with_transforms(data.test, eval_tf) if data.test is not None else None
+    if validation is None and args.eval_strategy != "no":
+        raise ValueError(
+            "`eval_strategy` is set but the data has no validation split: set `data.validation_split` or "
+            "`data.validation_per_class` (model selection never uses the test split)."
+        )
+    metrics_kwargs = {
+        "many_threshold": data.stats.many_shot_threshold,
+        "few_threshold": data.stats.few_shot_threshold,
+        "rule": "strict" if data.stats.shot_rule == "strict" else "oltr",
+    }
+    trainer = PLOTTrainer(
+        model=model,
+        args=args,
+        train_dataset=train,
+        eval_dataset=validation,
+        data_collator=collate_fn,
+        compute_metrics=LTMetrics(data.stats.counts, per_class=False, **metrics_kwargs),
+        preprocess_logits_for_metrics=make_preprocess_logits_for_metrics(5),
+    )
+    trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
+
+    results: dict[str, Any] = {"num_parameters": count_parameters(trainer.model)}
+    trainer.compute_metrics = LTMetrics(data.stats.counts, per_class=True, **metrics_kwargs)
+    if test is not None:
+        results["last"] = trainer.predict(test, metric_key_prefix="test").metrics
+        best = trainer.state.best_model_checkpoint
+        if best and Path(best).is_dir():
+            best_model = AutoModelForImageClassification.from_pretrained(best).to(args.device)
+            last_state = {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
+            trainer.model.load_state_dict(best_model.state_dict())
+            results["best_on_validation"] = {
+                **trainer.predict(test, metric_key_prefix="test").metrics,
+                "checkpoint": Path(best).name,
+            }
+            trainer.model.load_state_dict(last_state)
+    trainer.save_model(args.output_dir)
+    if trainer.is_world_process_zero():
+        write_report(trainer, recipe, data, results)
+    if args.push_to_hub:
+        trainer.push_to_hub(commit_message="PLOT training run", blocking=True)
+    return results
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in ("-h", "--help"):
+        print(__doc__)
+        print("Usage: python -m plot_hf.train RECIPE.yaml [--key value ...] [--data.key value ...]")
+        return {}
+    path = argv.pop(0) if argv and not argv[0].startswith("--") else None
+    logging.basicConfig(level=os.environ.get("PLOT_HF_LOG_LEVEL", "INFO"), format="%(levelname)s %(name)s: %(message)s")
+    recipe = load_recipe(path, argv)
+    results = run(recipe)
+    last = results.get("last", {})
+    if last:
+        logger.info("test accuracy %.4f  (%s)", last.get("test_accuracy", float("nan")), json.dumps(
+            {k: round(v, 4) for k, v in last.items() if k.endswith("shot_accuracy")}))
+    return results
+
+
+if __name__ == "__main__":
+    main()
