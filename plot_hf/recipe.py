@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -22,6 +23,24 @@ from transformers import HfArgumentParser
 
 from .config import PLOTConfig
 from .data.builder import DataConfig
+
+
+class _RecipeLoader(yaml.SafeLoader):
+    """YAML 1.2 booleans: only ``true``/``false`` (so ``eval_strategy: no`` stays the string ``"no"``)."""
+
+
+_RecipeLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_RecipeLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
+
+
+def read_yaml(text: str) -> Any:
+    """Parse recipe YAML (booleans are only true/false)."""
+    return yaml.load(text, Loader=_RecipeLoader)  # noqa: S506 (a SafeLoader subclass)
 
 
 @dataclass
@@ -109,7 +128,7 @@ def parse_overrides(argv: list[str]) -> dict[str, Any]:
             text, i = argv[i + 1], i + 1
         else:
             text = "true"
-        overrides[key.replace("-", "_") if "." not in key else key] = yaml.safe_load(text)
+        overrides[key.replace("-", "_") if "." not in key else key] = read_yaml(text)
         i += 1
     return overrides
 
@@ -121,7 +140,7 @@ def load_recipe(path: str | Path | None, argv: list[str] | None = None) -> Recip
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"Recipe file {str(path)!r} does not exist.")
-        loaded = yaml.safe_load(path.read_text()) or {}
+        loaded = read_yaml(path.read_text()) or {}
         if not isinstance(loaded, dict):
             raise ValueError(f"Recipe {str(path)!r} must be a YAML mapping of keys to values.")
         raw = loaded
