@@ -59,6 +59,7 @@ def write_report(trainer: Any, recipe: Any, data: Any, results: dict[str, Any]) 
         few_threshold=data.stats.few_shot_threshold,
     )
     card.save(out / "README.md")
+    trainer.plot_model_card = out / "README.md"
     return plots
 
 

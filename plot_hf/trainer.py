@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fnmatch
 import math
+import os
 from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
@@ -11,10 +12,13 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from transformers import Trainer
+from transformers import Trainer, TrainerCallback
 
 from .config import PLOTConfig
+from .distributed import CrossRank, check_backend, check_launch, has_sync_batch_norm, maybe_sync_batch_norm
+from .guard import NonFiniteGuard
 from .losses import build_loss, mixup_loss
+from .moo.class_groups import frequency_groups, group_anchor_table
 from .schedule import warmup_multistep_schedule
 from .step import MOOParameters, PLOTStep, _logits
 
@@ -53,13 +57,30 @@ class PLOTTrainer(Trainer):
             raise TypeError(
                 f"PLOTTrainer needs `args` to be a PLOTConfig (a TrainingArguments subclass), got {type(args).__name__}."
             )
+        if args is not None and args.plot_enabled:  # before Trainer wraps the model
+            check_backend(args)
+            if model is not None:
+                model = maybe_sync_batch_norm(model, args.sync_batch_norm, args.world_size)
         super().__init__(model=model, args=args, **kwargs)
+        check_launch(self.accelerator.num_processes)
+        self.nonfinite_guard = NonFiniteGuard(
+            self.args.max_consecutive_bad_steps, describe=lambda: f"step {self.state.global_step + 1}"
+        )
+        self.add_callback(self.nonfinite_guard)
+        if self.args.analysis_every_steps > 0:
+            from .analysis.callback import AnalysisCallback
+
+            self.add_callback(AnalysisCallback(self))
         unwrapped = self.accelerator.unwrap_model(self.model)
         num_labels = int(getattr(getattr(unwrapped, "config", None), "num_labels", 0) or 0)
         self.class_counts = resolve_class_counts(self.args.class_counts, self.train_dataset, num_labels)
         self.loss_fn = build_loss(self.args.loss_type, self.class_counts, **(self.args.loss_kwargs or {}))
         self.loss_fn.to(self.args.device)
         self._anchor_table = class_prior_anchor(self.class_counts)
+        class_to_group = None
+        if self.args.moo_class_groups is not None:  # objectives = frequency-ordered class bins
+            class_to_group = frequency_groups(self.class_counts, self.args.moo_class_groups)
+            self._anchor_table = group_anchor_table(self._anchor_table, class_to_group)
         self._plot_step: PLOTStep | None = None
         self._plot_logs: dict[str, list[float]] = defaultdict(list)
         if self.args.plot_enabled:
@@ -72,7 +93,24 @@ class PLOTTrainer(Trainer):
                 vc_weight=self.args.vc_weight,
                 gradient_method=self.args.moo_gradient_method,
                 chunk_size=self.args.moo_chunk_size,
+                solve_every=self.args.moo_solve_every,
+                sketch_dim=self.args.moo_sketch_dim,
+                class_to_group=class_to_group,
             )
+
+        self._setup_distributed(unwrapped)
+
+    def _setup_distributed(self, unwrapped: nn.Module) -> None:
+        """Cross-rank reductions of the PLOT step (global-batch definition under DDP; identity on one process)
+        and the guard that undoes a kept SAM perturbation when the fp16 scaler skips the optimizer step."""
+        self._kept_snapshot: list[torch.Tensor] | None = None
+        if self._plot_step is None:
+            return
+        self._plot_step.reducer = CrossRank(self.args.moo_ddp_reduce)
+        self._plot_step.all_class_rows = has_sync_batch_norm(unwrapped)
+        if self.args.world_size > 1 and self.args.moo_gradient_method == "sketch":
+            raise ValueError("`moo_gradient_method='sketch'` is not reduced across ranks; use 'loop' or 'batched' with DDP.")
+        self.add_callback(_SkippedStepGuard(self))
 
     # ----------------------------------------------------------------------------------------------- step
     def plot_active(self) -> bool:
@@ -81,6 +119,19 @@ class PLOTTrainer(Trainer):
         return self._plot_step is not None and epoch < self.args.moo_until_epoch
 
     def training_step(
+        self, model: nn.Module, inputs: dict[str, Any], num_items_in_batch: torch.Tensor | int | None = None
+    ) -> torch.Tensor:
+        """The PLOT or plain step behind the non-finite guard (:mod:`plot_hf.guard`): a NaN/inf loss restores
+        the batch-norm running statistics and marks the optimizer step to be skipped."""
+        buffers = [(b, b.detach().clone()) for b in model.buffers() if b.is_floating_point()]
+        loss = self._plot_or_plain_step(model, inputs, num_items_in_batch)
+        if not self.nonfinite_guard.mark_loss(loss.detach()):
+            with torch.no_grad():
+                for buffer, saved in buffers:
+                    buffer.copy_(saved)
+        return loss
+
+    def _plot_or_plain_step(
         self, model: nn.Module, inputs: dict[str, Any], num_items_in_batch: torch.Tensor | int | None = None
     ) -> torch.Tensor:
         self.loss_fn.set_epoch(self.state.epoch or 0.0)
@@ -102,6 +153,7 @@ class PLOTTrainer(Trainer):
             loss_scale=scale,
             autocast=self.accelerator.autocast,
             forward_context=self.compute_loss_context_manager,
+            grad_scale=self._grad_scale(),
         )
         for key, value in vars(diagnostics).items():
             if key != "extras":
@@ -149,6 +201,17 @@ class PLOTTrainer(Trainer):
 
         return pixel_values, plain_loss, labels
 
+    def _grad_scale(self) -> float:
+        """The fp16 loss-scaler's current scale (1.0 without one); snapshot the MOO parameters before a kept SAM
+        perturbation so that a skipped optimizer step can leave them as they were."""
+        scaler = getattr(self.accelerator, "scaler", None)
+        if scaler is None or not scaler.is_enabled():
+            return 1.0
+        step = self._plot_step
+        if step is not None and step.keep_fraction and step.rho > 0 and self._kept_snapshot is None:
+            self._kept_snapshot = [p.detach().clone() for p in step.moo.params]
+        return float(scaler.get_scale())
+
     def _backward_scale(self) -> float | torch.Tensor:
         """The factor ``accelerator.backward`` applies to the loss we pass it (for the gradient replacement)."""
         scale: float | torch.Tensor = 1.0 / self.current_gradient_accumulation_steps
@@ -169,6 +232,19 @@ class PLOTTrainer(Trainer):
             return {"alpha": self.args.cagrad_alpha, "rescale": self.args.cagrad_rescale}
         return {}
 
+    # ------------------------------------------------------------------------------------------- sampler
+    def _get_train_sampler(self, train_dataset=None):
+        """``args.train_sampler`` (class-balanced / square-root, from ``args.resample_from_epoch``), see
+        :mod:`plot_hf.baselines.sampling`; the Trainer's own sampler otherwise."""
+        if self.args.train_sampler != "random":
+            from .baselines.sampling import build_train_sampler
+
+            dataset = train_dataset if train_dataset is not None else self.train_dataset
+            return build_train_sampler(
+                dataset, self.args.train_sampler, self.args.resample_from_epoch, seed=self.args.seed
+            )
+        return super()._get_train_sampler(train_dataset)
+
     # -------------------------------------------------------------------------------------- schedule, log
     def create_scheduler(self, num_training_steps: int, optimizer: torch.optim.Optimizer | None = None):
         if self.args.lr_milestones is None or self.lr_scheduler is not None:
@@ -185,12 +261,81 @@ class PLOTTrainer(Trainer):
         self._created_lr_scheduler = True
         return self.lr_scheduler
 
+    def create_model_card(self, *args: Any, **kwargs: Any) -> None:
+        """Keep the PLOT model card that :func:`plot_hf.report.write_report` wrote (results by class frequency,
+        plots, recipe); fall back to ``Trainer``'s generic card when there is none."""
+        if getattr(self, "plot_model_card", None) is not None:
+            return
+        super().create_model_card(*args, **kwargs)
+
+    # ------------------------------------------------------------------------- faults: optimizer, checkpoints
+    def create_optimizer(self, *args: Any, **kwargs: Any):
+        """``Trainer``'s optimizer, its ``step`` wrapped by the non-finite guard (skips NaN/inf steps)."""
+        optimizer = super().create_optimizer(*args, **kwargs)
+        self.nonfinite_guard.install(optimizer)
+        return optimizer
+
+    def _save_checkpoint(self, model: nn.Module, trial: Any) -> None:
+        """``Trainer``'s checkpoint, made verifiable: the manifest (sha256 of every file) is written last and
+        atomically (:mod:`plot_hf.checkpoint`); older checkpoints are rotated out only after it is written."""
+        from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
+
+        from .checkpoint import invalidate, remove_invalid_checkpoints, write_manifest
+
+        run_dir = self._get_output_dir(trial=trial)
+        folder = os.path.join(run_dir, f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
+        if self.args.should_save:
+            invalidate(folder)  # a stale folder of the same step is about to be overwritten
+        limit, self.args.save_total_limit = self.args.save_total_limit, None
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            self.args.save_total_limit = limit
+        if self.args.should_save:
+            write_manifest(folder, step=self.state.global_step)
+            remove_invalid_checkpoints(run_dir, keep=None)
+            rotate_checkpoints(run_dir, save_total_limit=limit,
+                               best_model_checkpoint=self.state.best_model_checkpoint, use_mtime=True)
+
+    def train(self, resume_from_checkpoint: str | bool | None = None, *args: Any, **kwargs: Any):
+        """``Trainer.train``; ``resume_from_checkpoint=True`` takes the newest checkpoint of ``output_dir`` that
+        verifies (an incomplete or corrupted newer one is skipped with a warning), and a given path is
+        verified first (:class:`plot_hf.checkpoint.CheckpointError` if it is incomplete or corrupted)."""
+        from .checkpoint import latest_valid_checkpoint, verify_checkpoint
+
+        if resume_from_checkpoint is True:
+            found = latest_valid_checkpoint(self.args.output_dir)
+            if found is None:
+                raise ValueError(f"No valid checkpoint in output_dir {self.args.output_dir!r} to resume from.")
+            resume_from_checkpoint = str(found)
+        elif isinstance(resume_from_checkpoint, str | os.PathLike):
+            verify_checkpoint(resume_from_checkpoint)
+        return super().train(resume_from_checkpoint, *args, **kwargs)
+
     def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
+        if "loss" in logs and self.args.plot_enabled:
+            logs["plot/skipped_steps"] = float(self.nonfinite_guard.skipped)
         if self._plot_logs and "loss" in logs:
             for key, values in self._plot_logs.items():
                 logs[key] = float(np.mean(values)) if key != "plot/degenerate" else float(np.sum(values))
             self._plot_logs.clear()
         super().log(logs, *args, **kwargs)
+
+
+class _SkippedStepGuard(TrainerCallback):
+    """After each optimizer step: if the fp16 scaler skipped it (inf/NaN gradients), put back the MOO parameters
+    that a kept SAM perturbation (``sam_keep_fraction > 0``) moved, so a skipped step changes no weight."""
+
+    def __init__(self, trainer: PLOTTrainer):
+        self.trainer = trainer
+
+    def on_optimizer_step(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        trainer = self.trainer
+        snapshot, trainer._kept_snapshot = trainer._kept_snapshot, None
+        if snapshot is not None and trainer.accelerator.optimizer_step_was_skipped:
+            with torch.no_grad():
+                for p, saved in zip(trainer._plot_step.moo.params, snapshot, strict=True):  # type: ignore[union-attr]
+                    p.copy_(saved)
 
 
 # ---------------------------------------------------------------------------------------------- helpers
