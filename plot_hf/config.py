@@ -10,7 +10,7 @@ from transformers import TrainingArguments
 
 SOLVER_NAMES = ("cagrad", "mgda", "epo")
 ANCHORS = ("class_prior", "uniform")
-GRADIENT_METHODS = ("loop", "batched")
+GRADIENT_METHODS = ("loop", "batched", "sketch", "per_sample_split")
 
 
 @dataclass
@@ -49,9 +49,36 @@ class PLOTConfig(TrainingArguments):
             the CIFAR ResNet-32, `layer4` of a ResNet-50, the last `stages.N` of timm's stage-based models).
         moo_gradient_method (`str`, *optional*, defaults to `"loop"`):
             How per-class gradients are computed: `"loop"` (one `autograd.grad` per class) or `"batched"` (batched
-            vector-Jacobian products in chunks of `moo_chunk_size` classes). Both are exact.
+            vector-Jacobian products in chunks of `moo_chunk_size` classes), both exact; `"per_sample_split"`
+            (exact from ONE backward: per-sample gradients of the stage's modules summed by class; only for models
+            without cross-sample coupling in or after the MOO stage, e.g. `resnet32_cifar_gn`: train-mode batch
+            norm there is an error naming the module); `"sketch"` (the Gramian estimated from `moo_sketch_dim`
+            forward-mode JVPs along random directions, `G V V^T G^T / d`, unbiased, correct under batch norm;
+            the direction `G^T lambda` is still applied exactly). Measured costs: `benchmarks/README.md`.
         moo_chunk_size (`int` or `None`, *optional*, defaults to `None`):
-            Classes per batched vector-Jacobian call; bounds the memory of `"batched"`. `None`: all at once.
+            Classes per batched vector-Jacobian call (`"batched"`), or directions per vectorised JVP call
+            (`"sketch"`), or samples per vectorised per-sample call (`"per_sample_split"`); bounds their memory.
+            `None`: all at once.
+        moo_sketch_dim (`int`, *optional*, defaults to `64`):
+            Number `d` of random directions of `"sketch"` (cost ~ d forward passes of the MOO stage, whatever
+            the number of classes; relative error of the Gramian ~ 1 / sqrt(d)).
+        moo_solve_every (`int`, *optional*, defaults to `1`):
+            Amortised solving: solve for the coefficients every `k` steps; in between, each class present reuses
+            its last coefficient (1.0 if never solved for) and the direction `G^T lambda` comes from one backward
+            of `sum_k lambda_k L_k` (no per-class gradients). `1`: solve at every step.
+        moo_class_groups (`int` or `None`, *optional*, defaults to `None`):
+            Class groups as objectives: the classes, ordered by training count, are cut into this many bins
+            (head to tail) and each bin present is one objective (the sum of its classes' objectives; its anchor
+            the mean of its classes'). `None`: one objective per class.
+
+        moo_ddp_reduce (`str`, *optional*, defaults to `"gradients"`):
+            Under DDP, how the per-class statistics of the global batch are reduced across ranks (see
+            `plot_hf.distributed`): `"gradients"` sums the K x P per-class gradients (exact: the same step as one
+            process on the concatenated batch; K * P floats per step), `"gramian"` sums only the K x K local
+            Gramians (cheap; drops the cross-rank terms, so the coefficients are approximate). Ignored on one process.
+        sync_batch_norm (`bool`, *optional*, defaults to `False`):
+            Convert batch norm to `torch.nn.SyncBatchNorm` when training on several processes (CUDA), so that
+            train-mode batch statistics are those of the global batch.
 
         > Parameters that control SAM and the variability-collapse loss
 
@@ -77,6 +104,20 @@ class PLOTConfig(TrainingArguments):
         loss_kwargs (`dict` or `None`, *optional*, defaults to `None`):
             Keyword arguments of the loss (e.g. `{"drw_epoch": 160}`).
 
+        moo_framework (`str`, *optional*, defaults to `"plot"`):
+            `"plot"`: the solver inside PLOT's framework (temporal schedule E, SAM, variability collapse).
+            `"plain"`: the solver the plain multi-task way, the left number of each pair in the seed table
+            (METHOD.md): sets `moo_until_epoch = num_train_epochs`, `sam_rho = 0`, `vc_weight = 0` (unless
+            `moo_until_epoch` is 0, which keeps PLOT off).
+        train_sampler (`str`, *optional*, defaults to `"random"`):
+            `"random"`, `"class_balanced"` (cRT's class-aware sampling) or `"square_root"`; see
+            `plot_hf.baselines.sampling`. The epoch length stays the dataset size.
+        resample_from_epoch (`float`, *optional*, defaults to `0.0`):
+            Epoch from which `train_sampler` applies; random sampling before (deferred re-sampling, Cao et
+            al. 2019; M2m's over-sampling starts at its generation epoch).
+        m2m (`dict` or `None`, *optional*, defaults to `None`):
+            M2m over-sampling (Kim et al., CVPR 2020): fields of `plot_hf.m2m.M2mConfig`; used by `M2mTrainer`.
+
         > Parameters of the learning-rate schedule
 
         lr_milestones (`list[float]` or `None`, *optional*, defaults to `None`):
@@ -87,6 +128,18 @@ class PLOTConfig(TrainingArguments):
             Warm-up length of the reference schedule.
         lr_decay (`float`, *optional*, defaults to `0.1`):
             Multiplicative decay at each milestone.
+
+        > Reliability and analysis
+
+        max_consecutive_bad_steps (`int`, *optional*, defaults to `5`):
+            An optimizer step whose loss or gradients are NaN/inf is skipped (parameters and optimizer state
+            untouched) and counted (`plot/skipped_steps`); after this many in a row training stops with
+            `plot_hf.guard.NonFiniteTrainingError`. `0`: never stop.
+        analysis_every_steps (`int`, *optional*, defaults to `0`):
+            Every this many optimizer steps, log the gradient-conflict, preference and representation measures
+            of `plot_hf.analysis` on `analysis_num_batches` fixed training batches (`analysis/*` keys). `0`: off.
+        analysis_num_batches (`int`, *optional*, defaults to `2`):
+            Training batches (fixed, drawn once) those periodic measures average over.
 
         > Hub
 
@@ -110,10 +163,19 @@ class PLOTConfig(TrainingArguments):
     moo_modules: list[str] | None = field(
         default=None, metadata={"help": "Module-name patterns of the MOO parameters; default: last stage."}
     )
-    moo_gradient_method: Literal["loop", "batched"] = field(
+    moo_gradient_method: Literal["loop", "batched", "sketch", "per_sample_split"] = field(
         default="loop", metadata={"help": "Per-class gradient method.", "choices": list(GRADIENT_METHODS)}
     )
     moo_chunk_size: int | None = field(default=None, metadata={"help": "Classes per batched VJP call."})
+    moo_sketch_dim: int = field(default=64, metadata={"help": "Random directions of the Gramian sketch."})
+    moo_solve_every: int = field(default=1, metadata={"help": "Solve every k steps; reuse coefficients between."})
+    moo_class_groups: int | None = field(
+        default=None, metadata={"help": "Frequency-ordered class bins as objectives; None: one per class."}
+    )
+    moo_ddp_reduce: Literal["gradients", "gramian"] = field(
+        default="gradients", metadata={"help": "DDP reduction: exact per-class gradients, or local Gramians."}
+    )
+    sync_batch_norm: bool = field(default=False, metadata={"help": "SyncBatchNorm on several processes."})
     sam_rho: float = field(default=1e-4, metadata={"help": "SAM radius; 0 disables SAM."})
     sam_keep_fraction: float = field(default=0.0, metadata={"help": "Fraction of the SAM perturbation kept."})
     vc_weight: float = field(default=0.02, metadata={"help": "Weight of the variability-collapse loss."})
@@ -121,9 +183,25 @@ class PLOTConfig(TrainingArguments):
     mixup_alpha: float = field(default=0.0, metadata={"help": "Mixup Beta parameter; 0 disables mixup."})
     loss_type: str = field(default="ce", metadata={"help": "Baseline per-sample loss name."})
     loss_kwargs: dict | None = field(default=None, metadata={"help": "Keyword arguments of the loss."})
+    moo_framework: Literal["plot", "plain"] = field(
+        default="plot", metadata={"help": "plot: E, SAM, VC; plain: every class an objective at every step."}
+    )
+    train_sampler: Literal["random", "class_balanced", "square_root"] = field(
+        default="random", metadata={"help": "Training sampler (plot_hf.baselines.sampling)."}
+    )
+    resample_from_epoch: float = field(
+        default=0.0, metadata={"help": "Epoch from which `train_sampler` applies (random before)."}
+    )
+    m2m: dict | None = field(default=None, metadata={"help": "M2m over-sampling (plot_hf.m2m.M2mConfig)."})
     lr_milestones: list[float] | None = field(default=None, metadata={"help": "Epochs of x lr_decay steps."})
     lr_warmup_epochs: float = field(default=5.0, metadata={"help": "Warm-up epochs of the reference schedule."})
     lr_decay: float = field(default=0.1, metadata={"help": "Decay factor at each milestone."})
+
+    max_consecutive_bad_steps: int = field(
+        default=5, metadata={"help": "Stop after this many NaN/inf optimizer steps in a row; 0 never stops."}
+    )
+    analysis_every_steps: int = field(default=0, metadata={"help": "Log analysis measures every N steps; 0 off."})
+    analysis_num_batches: int = field(default=2, metadata={"help": "Fixed batches of the periodic analysis."})
 
     hub_allow_offline: bool = field(
         default=False, metadata={"help": "With push_to_hub and no Hub access: train anyway, skip the upload."}
@@ -133,6 +211,11 @@ class PLOTConfig(TrainingArguments):
     ddp_find_unused_parameters: bool | None = field(default=False, metadata={"help": "DDP unused-parameter search."})
 
     def __post_init__(self) -> None:
+        if self.moo_framework == "plain" and self.moo_until_epoch > 0:
+            # The plain multi-task way (the seed table's left number of each pair): every class an objective
+            # at every step of training, no SAM, no variability collapse, no early stop.
+            self.moo_until_epoch = max(float(self.num_train_epochs), 1e-9)
+            self.sam_rho, self.vc_weight = 0.0, 0.0
         self._validate_plot_arguments()
         super().__post_init__()
 
@@ -148,6 +231,8 @@ class PLOTConfig(TrainingArguments):
             fail("moo_anchor", self.moo_anchor, f"choose one of {ANCHORS}")
         if self.moo_gradient_method not in GRADIENT_METHODS:
             fail("moo_gradient_method", self.moo_gradient_method, f"choose one of {GRADIENT_METHODS}")
+        if self.moo_ddp_reduce not in ("gradients", "gramian"):
+            fail("moo_ddp_reduce", self.moo_ddp_reduce, "choose 'gradients' (exact) or 'gramian' (cheap)")
         if self.cagrad_alpha < 0:
             fail("cagrad_alpha", self.cagrad_alpha, "it must be >= 0")
         if self.cagrad_rescale not in (0, 1, 2):
@@ -158,10 +243,24 @@ class PLOTConfig(TrainingArguments):
             fail("sam_keep_fraction", self.sam_keep_fraction, "it must lie in [0, 1]")
         if self.vc_weight < 0:
             fail("vc_weight", self.vc_weight, "it must be >= 0")
+        if self.moo_framework not in ("plot", "plain"):
+            fail("moo_framework", self.moo_framework, "choose 'plot' or 'plain'")
+        if self.train_sampler not in ("random", "class_balanced", "square_root"):
+            fail("train_sampler", self.train_sampler, "choose 'random', 'class_balanced' or 'square_root'")
+        if not self.resample_from_epoch >= 0:
+            fail("resample_from_epoch", self.resample_from_epoch, "it must be >= 0")
         if self.mixup_alpha < 0:
             fail("mixup_alpha", self.mixup_alpha, "it must be >= 0 (0 disables mixup)")
         if self.moo_chunk_size is not None and self.moo_chunk_size < 1:
             fail("moo_chunk_size", self.moo_chunk_size, "it must be a positive integer or None")
+        if not (isinstance(self.moo_sketch_dim, int) and self.moo_sketch_dim >= 1):
+            fail("moo_sketch_dim", self.moo_sketch_dim, "it must be a positive integer")
+        if not (isinstance(self.moo_solve_every, int) and self.moo_solve_every >= 1):
+            fail("moo_solve_every", self.moo_solve_every, "it must be a positive integer (1 solves every step)")
+        if self.moo_class_groups is not None and not (
+            isinstance(self.moo_class_groups, int) and self.moo_class_groups >= 2
+        ):
+            fail("moo_class_groups", self.moo_class_groups, "it must be an integer >= 2, or None (one per class)")
         if self.moo_modules is not None and (
             not self.moo_modules or not all(isinstance(p, str) and p for p in self.moo_modules)
         ):
@@ -176,6 +275,11 @@ class PLOTConfig(TrainingArguments):
             fail("lr_warmup_epochs", self.lr_warmup_epochs, "it must be >= 0")
         if not 0 < self.lr_decay <= 1:
             fail("lr_decay", self.lr_decay, "it must lie in (0, 1]")
+        for key in ("max_consecutive_bad_steps", "analysis_every_steps"):
+            if getattr(self, key) < 0:
+                fail(key, getattr(self, key), "it must be >= 0 (0 switches it off)")
+        if self.analysis_num_batches < 1:
+            fail("analysis_num_batches", self.analysis_num_batches, "it must be >= 1")
 
     @property
     def plot_enabled(self) -> bool:

@@ -16,11 +16,11 @@ from typing import Any
 
 import torch
 from torch.utils.data import DataLoader
-from transformers import AutoModelForImageClassification
 
 from .data.builder import build_datasets
 from .data.transforms import build_transforms, collate_fn, with_transforms
 from .metrics import lt_metrics
+from .models.hf import load_image_classifier
 from .plots import plot_per_class_accuracy
 from .recipe import load_recipe
 from .train import preprocessing_of
@@ -44,7 +44,7 @@ def evaluate_model(model_path: str, recipe_path: str | None, split: str = "test"
     dataset = {"test": data.test, "validation": data.validation, "train": data.train}.get(split)
     if dataset is None:
         raise ValueError(f"`--split {split}`: the recipe's data has no such split (choose test, validation or train).")
-    model = AutoModelForImageClassification.from_pretrained(model_path)
+    model = load_image_classifier(model_path)
     if model.config.num_labels != data.num_classes:
         raise ValueError(f"Model {model_path!r} has {model.config.num_labels} labels; the data {data.num_classes}.")
     preprocessing = preprocessing_of(recipe.data)

@@ -21,6 +21,7 @@ from typing import Any
 import yaml
 from transformers import HfArgumentParser
 
+from .baselines import expand_baseline
 from .config import PLOTConfig
 from .data.builder import DataConfig
 
@@ -51,11 +52,18 @@ class ModelArguments:
         folder / Hub id of a saved image classifier (fine-tuned; loaded with `from_pretrained`).
     model_args (`dict`, *optional*): keyword arguments of the timm architecture (e.g. `{"drop_rate": 0.1}`).
     baseline_metrics (`str`, *optional*): a `metrics.json` of a baseline run, compared in the model card.
+    baseline (`str`, *optional*): a baseline of `plot_hf.baselines.BASELINES` (e.g. `ldam_drw`); its loss,
+        sampler, classifier and stage-2 defaults fill every key the recipe does not set.
+    classifier (`str`, defaults to `"linear"`): `"normed"` swaps in the cosine `NormedLinear` (LDAM, GCL).
+    stage2 (`dict`, *optional*): classifier re-training after stage 1, fields of `plot_hf.stage2.Stage2Config`.
     """
 
     model_name: str = field(default="resnet32_cifar", metadata={"help": "timm architecture or saved model."})
     model_args: dict | None = field(default=None, metadata={"help": "Keyword arguments of the architecture."})
     baseline_metrics: str | None = field(default=None, metadata={"help": "metrics.json of a baseline run."})
+    baseline: str | None = field(default=None, metadata={"help": "Baseline of plot_hf.baselines.BASELINES."})
+    classifier: str = field(default="linear", metadata={"help": "Classifier head: linear or normed (cosine)."})
+    stage2: dict | None = field(default=None, metadata={"help": "Stage 2 (plot_hf.stage2.Stage2Config)."})
 
 
 @dataclass
@@ -151,6 +159,7 @@ def load_recipe(path: str | Path | None, argv: list[str] | None = None) -> Recip
         else:
             raw[key] = value
 
+    raw = expand_baseline(raw)
     data_values = raw["data"]
     model_types, train_types = _field_types(ModelArguments), _field_types(PLOTConfig)
     top = {k: v for k, v in raw.items() if k != "data"}

@@ -18,13 +18,21 @@ the backbone):
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 from torch.func import functional_call
 
+from .distributed import (
+    CrossRank,
+    GlobalBatch,
+    global_batch,
+    global_variability_collapse,
+    reduce_class_gradients,
+)
 from .moo import (
     DirectionSlot,
     StageReplay,
@@ -36,8 +44,11 @@ from .moo import (
     sam_epsilon,
     variability_collapse_loss,
 )
+from .moo.amortised import CoefficientCache, weighted_gradient
 from .moo.gradients import unflatten
+from .moo.sketch import frozen_batch_stats, sketch_gramian
 from .moo.solvers import DegenerateGramianWarning, get_solver
+from .moo.split import SplitCapture
 
 
 @dataclass
@@ -77,7 +88,15 @@ class PLOTStep:
     vc_weight: float
     gradient_method: str = "loop"
     chunk_size: int | None = None
+    solve_every: int = 1
+    sketch_dim: int = 64
+    class_to_group: torch.Tensor | None = None
+    reducer: CrossRank | None = None
+    all_class_rows: bool = False
     _replay: StageReplay | None = None
+    _cache: CoefficientCache | None = None
+    _split: SplitCapture | None = None
+    _last_conflict: float = 0.0
 
     def run(
         self,
@@ -91,13 +110,17 @@ class PLOTStep:
         loss_scale: float | torch.Tensor,
         autocast: Callable[[], object],
         forward_context: Callable[[], object],
+        grad_scale: float = 1.0,
     ) -> tuple[torch.Tensor, StepDiagnostics]:
         """Run the step; return the clean-point batch-mean loss (detached) and diagnostics.
 
         ``per_sample_loss(logits)`` gives the baseline's per-sample losses (mixup included);
         ``group_labels`` groups samples into objectives (the first label under mixup);
         ``backward(loss)`` is the trainer's backward (accelerate: loss scaling, DDP hooks);
-        ``loss_scale`` is the factor that backward applies to the loss (1 / accumulation steps x scaler).
+        ``loss_scale`` is the factor that backward applies to the loss (1 / accumulation steps x scaler);
+        ``grad_scale`` is the fp16 loss-scaler's scale: gradients computed here by hand (SAM, per-class) are taken
+        of ``grad_scale x objective`` and divided by it, as the scaler does for the final backward.
+        Under DDP (``reducer`` active) the step is defined on the global batch (:mod:`plot_hf.distributed`).
         """
         if self._replay is None:
             self._replay = StageReplay(unwrapped, self.moo.stage_name)
@@ -107,11 +130,24 @@ class PLOTStep:
             logits = _logits(model(pixel_values=pixel_values))
         clean_losses = per_sample_loss(logits)
         clean_loss = clean_losses.mean()
+        reducer = self.reducer if self.reducer is not None and self.reducer.active else None
+        batch: GlobalBatch | None = None
+        if reducer is not None:  # classes present anywhere, global batch size (one all-reduce)
+            num_ids = int(self.class_to_group.max()) + 1 if self.class_to_group is not None else logits.shape[-1]
+            ids = self.class_to_group.to(group_labels.device)[group_labels] if self.class_to_group is not None else group_labels
+            batch = global_batch(ids, num_ids, reducer)
 
         params = self.moo.params
         if self.rho > 0:
-            sam_grads = torch.autograd.grad(clean_loss, params, retain_graph=False, allow_unused=True)
+            sam_objective = clean_loss if batch is None else clean_losses.sum() / batch.size
+            if grad_scale != 1.0:
+                sam_objective = sam_objective * grad_scale
+            sam_grads = torch.autograd.grad(sam_objective, params, retain_graph=False, allow_unused=True)
             sam_grads = [g if g is not None else torch.zeros_like(p) for g, p in zip(sam_grads, params, strict=True)]
+            if grad_scale != 1.0:
+                sam_grads = [g.float() / grad_scale for g in sam_grads]
+            if reducer is not None:  # the global batch's ascent direction: eps identical on every rank
+                sam_grads = reducer.sum_list(sam_grads)
             if all(bool(torch.isfinite(g).all()) for g in sam_grads):
                 epsilon = sam_epsilon(sam_grads, self.rho)
             else:  # fp16 overflow: skip the perturbation, never poison the weights
@@ -126,34 +162,93 @@ class PLOTStep:
         overrides: dict[str, torch.Tensor] = dict(zip(self.moo.names, perturbed, strict=True))
         # Fresh copies of the buffers: the replayed forward must not update running statistics a second time.
         overrides.update({name: b.clone() for name, b in unwrapped.named_buffers()})
-        with replay.replay(), autocast():
+        split = self._split_capture(unwrapped)
+        with replay.replay(), autocast(), split.capture() if split is not None else _null():
             perturbed_logits = _logits(functional_call(unwrapped, overrides, args=(), kwargs={"pixel_values": pixel_values}))
         losses = per_sample_loss(perturbed_logits)
 
-        classes, objectives = per_class_objectives(losses, group_labels)
-        grads = per_class_gradients(
-            objectives, perturbed, method=self.gradient_method, chunk_size=self.chunk_size  # type: ignore[arg-type]
-        ).float()
-        gram = gramian(grads)
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always", DegenerateGramianWarning)
-            coefficients = get_solver(self.solver_name)(
-                gram.double(),
-                losses=objectives.detach().double(),
-                anchor=anchor_for(classes),
-                **self.solver_kwargs,
-            ).to(grads.dtype)
-        degenerate = sum(issubclass(w.category, DegenerateGramianWarning) for w in caught)
-        for w in caught:
-            if not issubclass(w.category, DegenerateGramianWarning):
-                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+        # Objectives: one per class present, or per class group (frequency-ordered bins of classes).
+        objective_labels = group_labels
+        if self.class_to_group is not None:
+            objective_labels = self.class_to_group.to(group_labels.device)[group_labels]
+        if batch is None:
+            classes, objectives = per_class_objectives(losses, objective_labels)
+        else:  # this rank's part L_k^r (denominator: the global batch) of every class present anywhere
+            classes, objectives = batch.classes, batch.local_objectives(losses, objective_labels)
+        factor = 1.0
+        if self._cache is None:
+            self._cache = CoefficientCache(self.solve_every)
+        grads: torch.Tensor | None = None
+        degenerate = 0
+        if self._cache.should_solve():
+            if self.gradient_method == "sketch":
 
-        direction = coefficients @ grads
+                def objectives_of(values: Sequence[torch.Tensor]) -> torch.Tensor:
+                    inner = dict(overrides)
+                    inner.update(zip(self.moo.names, values, strict=True))
+                    with replay.replay(), autocast(), frozen_batch_stats(unwrapped):
+                        out = _logits(functional_call(unwrapped, inner, args=(), kwargs={"pixel_values": pixel_values}))
+                    sample_losses = per_sample_loss(out)
+                    position = torch.searchsorted(classes, objective_labels)
+                    total = sample_losses.new_zeros(classes.numel()).index_add(0, position, sample_losses)
+                    return total / sample_losses.numel()
+
+                gram, _ = sketch_gramian(objectives_of, perturbed, self.sketch_dim, chunk_size=self.chunk_size)
+            else:
+                if split is not None:
+                    grads = split.per_class_gradients(
+                        objectives if grad_scale == 1.0 else objectives * grad_scale,
+                        torch.searchsorted(classes, objective_labels),
+                        dict(zip(self.moo.names, perturbed, strict=True)),
+                    ).float()
+                    if grad_scale != 1.0:
+                        grads = grads / grad_scale
+                else:
+                    grads = self._class_gradients(objectives, perturbed, objective_labels, batch, grad_scale)
+                if reducer is None:
+                    gram = gramian(grads)
+                else:  # exact: sum G^r; cheap: sum the local Gramians (plot_hf.distributed)
+                    grads, gram, factor = reduce_class_gradients(grads, reducer)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always", DegenerateGramianWarning)
+                # fp16 overflow in G: NaN coefficients, so the loss scaler skips the step and lowers its scale.
+                # A NaN/inf loss: NaN coefficients too, so that plot_hf.guard skips the optimizer step.
+                finite = bool(torch.isfinite(gram).all()) and bool(torch.isfinite(objectives.detach()).all())
+                solver = get_solver(self.solver_name) if finite else _nan_coefficients
+                coefficients = solver(
+                    gram.double(),
+                    losses=(objectives.detach() if reducer is None else reducer.sum_(objectives.detach().clone())).double(),
+                    anchor=anchor_for(classes),
+                    **self.solver_kwargs,
+                ).float()
+            degenerate = sum(issubclass(w.category, DegenerateGramianWarning) for w in caught)
+            for w in caught:
+                if not issubclass(w.category, DegenerateGramianWarning):
+                    warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+            if finite:  # never reuse NaN coefficients in the amortised steps
+                self._cache.store(classes, coefficients)
+            self._last_conflict = float(conflict_fraction(gram))
+        else:  # amortised: the last coefficients of these classes (1.0 if never solved for)
+            coefficients = self._cache.lookup(classes, torch.float32)
+
+        # d = G^T lambda: from G when it was computed, else by one backward of sum_k lambda_k L_k.
+        direction = coefficients @ grads if grads is not None else weighted_gradient(objectives, coefficients, perturbed)
+        if reducer is not None and grads is None:
+            factor = float(reducer.world_size)  # local part of the direction; DDP averages over ranks
+        if factor != 1.0:
+            direction = direction * factor
         for slot, piece in zip(slots, unflatten(direction, params), strict=True):
             slot.fill(piece.detach(), loss_scale)
 
-        vc = variability_collapse_loss(losses, group_labels) if self.vc_weight > 0 else losses.new_zeros(())
-        total = losses.mean() + self.vc_weight * vc
+        if batch is None:
+            vc = variability_collapse_loss(losses, group_labels) if self.vc_weight > 0 else losses.new_zeros(())
+            total = losses.mean() + self.vc_weight * vc
+        else:  # gradients of the GLOBAL total, times W since DDP averages over the ranks
+            vc, vc_part = losses.new_zeros(()), losses.new_zeros(())
+            if self.vc_weight > 0:
+                by_class = batch if self.class_to_group is None else global_batch(group_labels, logits.shape[-1], reducer)
+                vc, vc_part = global_variability_collapse(losses, group_labels, by_class, reducer)
+            total = batch.world_size * (losses.sum() / batch.size + self.vc_weight * vc_part)
         backward(total)
 
         if self.keep_fraction and self.rho > 0:
@@ -164,11 +259,53 @@ class PLOTStep:
         diagnostics = StepDiagnostics(
             num_classes=float(classes.numel()),
             coef_std=float(coefficients.std()) if coefficients.numel() > 1 else 0.0,
-            conflict_fraction=float(conflict_fraction(gram)),
+            conflict_fraction=self._last_conflict,
             degenerate=float(degenerate),
             vc_loss=float(vc.detach()),
         )
         return clean_loss.detach(), diagnostics
+
+
+    def _class_gradients(
+        self,
+        objectives: torch.Tensor,
+        perturbed: list[torch.Tensor],
+        labels: torch.Tensor,
+        batch: GlobalBatch | None,
+        grad_scale: float,
+    ) -> torch.Tensor:
+        """K x P per-class gradients (float32). Under DDP only the classes present on this rank are computed
+        (zero rows elsewhere), unless ``all_class_rows`` (SyncBatchNorm: its backward is a collective, so every
+        rank must run the same number of backward passes). With fp16, of ``grad_scale x L_k``, then unscaled."""
+        scaled = objectives if grad_scale == 1.0 else objectives * grad_scale
+        rows = None if batch is None or self.all_class_rows else batch.local_rows(labels)
+        picked = scaled if rows is None else scaled[rows]
+        computed = per_class_gradients(
+            picked, perturbed, method=self.gradient_method, chunk_size=self.chunk_size  # type: ignore[arg-type]
+        ).float()
+        if grad_scale != 1.0:
+            computed = computed / grad_scale
+        if rows is None:
+            return computed
+        full = computed.new_zeros(objectives.numel(), computed.shape[1])
+        full[rows] = computed
+        return full
+
+    def _split_capture(self, unwrapped: nn.Module) -> SplitCapture | None:
+        if self.gradient_method != "per_sample_split":
+            return None
+        if self._split is None:
+            self._split = SplitCapture(unwrapped, self.moo.stage_name, self.moo.names)
+        return self._split
+
+
+def _nan_coefficients(gram: torch.Tensor, **_: object) -> torch.Tensor:
+    return torch.full((gram.shape[0],), float("nan"), dtype=gram.dtype, device=gram.device)
+
+
+@contextmanager
+def _null() -> Iterator[None]:
+    yield
 
 
 def _logits(output: object) -> torch.Tensor:

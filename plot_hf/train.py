@@ -15,16 +15,20 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoModelForImageClassification, set_seed
+from transformers import set_seed
 
+from .checkpoint import latest_valid_checkpoint
 from .config import PLOTConfig
 from .data.builder import DataConfig, LTData, build_datasets
 from .data.transforms import build_transforms, collate_fn, with_transforms
 from .hub import HubUnavailableError, check_hub_access
+from .m2m import M2mTrainer
 from .metrics import LTMetrics, make_preprocess_logits_for_metrics
 from .models import count_parameters, create_image_classifier
+from .models.hf import load_image_classifier, use_normed_classifier
 from .recipe import ModelArguments, Recipe, load_recipe
 from .report import write_report
+from .stage2 import run_stage2
 from .trainer import PLOTTrainer
 
 logger = logging.getLogger("plot_hf.train")
@@ -48,7 +52,9 @@ def preprocessing_of(data: DataConfig) -> dict[str, Any]:
 def build_model(model_args: ModelArguments, data: LTData, data_config: DataConfig) -> torch.nn.Module:
     """A fresh timm architecture, or a saved classifier (local folder / Hub id) to fine-tune."""
     if Path(model_args.model_name).is_dir() or "/" in model_args.model_name:
-        model = AutoModelForImageClassification.from_pretrained(model_args.model_name)
+        model = load_image_classifier(model_args.model_name)
+        if model_args.classifier == "normed":
+            use_normed_classifier(model, keep_weight=getattr(model.config, "normed_classifier", False))
         if model.config.num_labels != len(data.label_names):
             raise ValueError(
                 f"Model {model_args.model_name!r} has {model.config.num_labels} labels, the data "
@@ -56,8 +62,23 @@ def build_model(model_args: ModelArguments, data: LTData, data_config: DataConfi
             )
         return model
     return create_image_classifier(
-        model_args.model_name, data.label_names, model_args=model_args.model_args, **preprocessing_of(data_config)
+        model_args.model_name, data.label_names, model_args=model_args.model_args,
+        classifier=model_args.classifier, **preprocessing_of(data_config),
     )
+
+
+def resume_argument(value: str | None, output_dir: str) -> str | bool | None:
+    """``resume_from_checkpoint`` of a recipe: ``last`` / ``auto`` / ``true`` -> the newest checkpoint of
+    ``output_dir`` that verifies (``auto``: start afresh when there is none), a path -> that checkpoint (verified:
+    :class:`plot_hf.checkpoint.CheckpointError` when it is incomplete or corrupted)."""
+    if value is None or value is False:
+        return None
+    text = str(value).strip().lower()
+    if text == "auto":
+        return True if latest_valid_checkpoint(output_dir) is not None else None
+    if text in ("last", "true", "latest"):
+        return True
+    return str(value)
 
 
 def run(recipe: Recipe) -> dict[str, Any]:
@@ -93,7 +114,8 @@ def run(recipe: Recipe) -> dict[str, Any]:
         "few_threshold": data.stats.few_shot_threshold,
         "rule": "strict" if data.stats.shot_rule == "strict" else "oltr",
     }
-    trainer = PLOTTrainer(
+    trainer_cls = M2mTrainer if args.m2m is not None else PLOTTrainer
+    trainer = trainer_cls(
         model=model,
         args=args,
         train_dataset=train,
@@ -102,7 +124,9 @@ def run(recipe: Recipe) -> dict[str, Any]:
         compute_metrics=LTMetrics(data.stats.counts, per_class=False, **metrics_kwargs),
         preprocess_logits_for_metrics=make_preprocess_logits_for_metrics(5),
     )
-    trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
+    trainer.train(resume_from_checkpoint=resume_argument(args.resume_from_checkpoint, args.output_dir))
+    if recipe.model.stage2:  # classifier re-training of the two-stage baselines (plot_hf.stage2)
+        trainer = run_stage2(trainer, recipe.model.stage2)
 
     results: dict[str, Any] = {"num_parameters": count_parameters(trainer.model)}
     trainer.compute_metrics = LTMetrics(data.stats.counts, per_class=True, **metrics_kwargs)
@@ -110,7 +134,7 @@ def run(recipe: Recipe) -> dict[str, Any]:
         results["last"] = trainer.predict(test, metric_key_prefix="test").metrics
         best = trainer.state.best_model_checkpoint
         if best and Path(best).is_dir():
-            best_model = AutoModelForImageClassification.from_pretrained(best).to(args.device)
+            best_model = load_image_classifier(best).to(args.device)
             last_state = {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
             trainer.model.load_state_dict(best_model.state_dict())
             results["best_on_validation"] = {

@@ -372,8 +372,28 @@ def resolve_class_counts(counts: Sequence[int] | None, train_dataset: Any, num_l
     return counts
 
 
+STAGE_LISTS = ("stages", "stage", "layers", "layer", "blocks", "block")
+
+
+def _last_block_of_stage_list(model: nn.Module) -> str | None:
+    """transformers-native backbones: the last entry of the largest ``ModuleList`` / ``Sequential`` named like a
+    list of stages or blocks (``resnet.encoder.stages.1``, ``convnext.encoder.stages.3``, ``vit.encoder.layer.11``,
+    ``swin.encoder.layers.3``, ``efficientnet.encoder.blocks.15``)."""
+    lists = [
+        (name, module) for name, module in model.named_modules()
+        if name and isinstance(module, nn.ModuleList | nn.Sequential) and len(module) > 0
+        and name.rsplit(".", 1)[-1] in STAGE_LISTS
+    ]
+    if not lists:
+        return None
+    name, module = max(lists, key=lambda item: sum(p.numel() for p in item[1].parameters()))
+    return f"{name}.{len(module) - 1}"
+
+
 def default_moo_stage(model: nn.Module) -> str:
-    """Name of the last stage of the backbone, from timm's ``feature_info`` (e.g. ``layer3``, ``stages.3``)."""
+    """Name of the last stage of the backbone: from timm's ``feature_info`` (e.g. ``layer3``, ``stages.3``), else
+    the last block of the backbone's list of stages (transformers-native models, e.g. ``resnet.encoder.stages.1``,
+    ``vit.encoder.layer.11``)."""
     backbone = getattr(model, "timm_model", model)
     info = getattr(backbone, "feature_info", None)
     if info is not None:
@@ -381,8 +401,12 @@ def default_moo_stage(model: nn.Module) -> str:
         modules = [e.get("module") for e in entries if e.get("module")]
         if modules:
             return modules[-1]
+    stage = _last_block_of_stage_list(backbone)
+    if stage is not None:
+        return stage
     raise ValueError(
-        f"Cannot find the last stage of {type(backbone).__name__} (no timm `feature_info`); set `moo_modules` to "
+        f"Cannot find the last stage of {type(backbone).__name__} (no timm `feature_info`, no ModuleList named "
+        f"{'/'.join(STAGE_LISTS)} such as transformers' `resnet.encoder.stages` or `vit.encoder.layer`); set `moo_modules` to "
         "the module name(s) of the shared representation, e.g. ['layer4']."
     )
 

@@ -12,7 +12,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import timm
-from transformers import TimmWrapperConfig, TimmWrapperForImageClassification
+
+from .resnet_cifar import CIFAR_ARCHITECTURES
+from torch import nn
+from transformers import AutoModelForImageClassification, TimmWrapperConfig, TimmWrapperForImageClassification
 
 
 def create_image_classifier(
@@ -24,6 +27,7 @@ def create_image_classifier(
     std: Sequence[float] | None = None,
     crop_pct: float | None = None,
     model_args: dict | None = None,
+    classifier: str = "linear",
 ) -> TimmWrapperForImageClassification:
     """Build a randomly initialised timm ``architecture`` wrapped for transformers.
 
@@ -39,6 +43,10 @@ def create_image_classifier(
         )
     if len(label_names) < 2:
         raise ValueError(f"An image classifier needs at least 2 labels, got {list(label_names)}.")
+    if classifier == "normed" and architecture in CIFAR_ARCHITECTURES:
+        # The cosine head is part of the CIFAR architectures: kept in config.model_args, it is rebuilt on load by
+        # AutoModelForImageClassification / pipeline with nothing but `import plot_hf`.
+        model_args, classifier = {**(model_args or {}), "classifier": "normed"}, "linear"
     pretrained_cfg = dict(timm.models.get_pretrained_cfg(architecture).to_dict())
     pretrained_cfg.pop("url", None)
     pretrained_cfg.pop("hf_hub_id", None)
@@ -58,6 +66,49 @@ def create_image_classifier(
     # transformers' post_init re-initialises the classifier; rebuild the timm model's own initialisation.
     fresh = timm.create_model(architecture, pretrained=False, num_classes=len(label_names), **(model_args or {}))
     model.timm_model.load_state_dict(fresh.state_dict())
+    if classifier == "normed":
+        use_normed_classifier(model)
+    elif classifier != "linear":
+        raise ValueError(f"`classifier` must be 'linear' or 'normed', got {classifier!r}.")
+    return model
+
+
+def classifier_name(model: nn.Module) -> str:
+    """Qualified name of the classifier module (timm's ``get_classifier()``), e.g. ``timm_model.fc``."""
+    backbone = getattr(model, "timm_model", model)
+    head = backbone.get_classifier()
+    for name, module in model.named_modules():
+        if module is head:
+            return name
+    raise ValueError(f"Cannot locate the classifier of {type(backbone).__name__}.")
+
+
+def use_normed_classifier(model: nn.Module, keep_weight: bool = False) -> nn.Module:
+    """Swap the linear classifier for the cosine :class:`~plot_hf.losses.NormedLinear` (Cao et al. 2019; used by
+    LDAM and GCL) and record it as ``config.normed_classifier`` (so :func:`load_image_classifier` rebuilds it).
+    ``keep_weight``: copy the existing ``weight`` (reloading a saved cosine classifier); its bias is dropped."""
+    from ..losses import NormedLinear
+
+    name = classifier_name(model)
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    old = getattr(parent, child)
+    if isinstance(old, NormedLinear):
+        return model
+    head = NormedLinear(old.in_features, old.out_features).to(old.weight.device)
+    if keep_weight:
+        head.weight.data.copy_(old.weight.data)
+    setattr(parent, child, head)
+    if hasattr(model, "config"):
+        model.config.normed_classifier = True
+    return model
+
+
+def load_image_classifier(path: str, **kwargs) -> nn.Module:
+    """``AutoModelForImageClassification.from_pretrained``, with the cosine classifier restored when saved so."""
+    model = AutoModelForImageClassification.from_pretrained(path, **kwargs)
+    if getattr(model.config, "normed_classifier", False):
+        use_normed_classifier(model, keep_weight=True)
     return model
 
 

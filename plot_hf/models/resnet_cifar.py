@@ -5,6 +5,9 @@ shortcuts, a 3x3 stem without pooling, global average pooling and a linear class
 parameters at 10 classes). This is the standard network of Cao et al.; the PLOT reference code's copy has
 4 blocks in its last stage, a quirk this project does not reproduce.
 
+``classifier="normed"`` (a model argument, so it is saved in the config and rebuilt on load) gives the cosine
+classifier of LDAM-DRW (:class:`~plot_hf.losses.NormedLinear`) instead of the linear one.
+
 ``resnet32_cifar_gn``: the same network with GroupNorm instead of BatchNorm. Its samples do not interact
 through normalisation, so a class's gradient is exactly the sum of its samples' gradients.
 
@@ -21,6 +24,7 @@ import torch.nn.functional as F
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from torch import nn
 
+CIFAR_ARCHITECTURES = ("resnet20_cifar", "resnet32_cifar", "resnet32_cifar_gn", "resnet56_cifar")
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2023, 0.1994, 0.2010)
 
@@ -70,13 +74,17 @@ class CifarResNet(nn.Module):
         num_classes: int = 10,
         in_chans: int = 3,
         norm: str = "batch",
+        classifier: str = "linear",
         drop_rate: float = 0.0,
         **_: object,
     ):
         super().__init__()
         if norm not in ("batch", "group"):
             raise ValueError(f"`norm` must be 'batch' or 'group', got {norm!r}.")
+        if classifier not in ("linear", "normed"):
+            raise ValueError(f"`classifier` must be 'linear' or 'normed', got {classifier!r}.")
         norm_layer = nn.BatchNorm2d if norm == "batch" else _group_norm
+        self.classifier_kind = classifier
         self.num_classes = num_classes
         self.num_features = self.head_hidden_size = widths[-1]
         self.drop_rate = drop_rate
@@ -93,11 +101,20 @@ class CifarResNet(nn.Module):
             in_planes = planes
         self.layer1, self.layer2, self.layer3 = stages
         self.global_pool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(widths[-1], num_classes) if num_classes > 0 else nn.Identity()
+        self.fc = self._make_classifier(num_classes)
         self.feature_info = [
             {"num_chs": w, "reduction": 2**i, "module": f"layer{i + 1}"} for i, w in enumerate(widths)
         ]
         self._init_weights()
+
+    def _make_classifier(self, num_classes: int) -> nn.Module:
+        if num_classes <= 0:
+            return nn.Identity()
+        if self.classifier_kind == "normed":
+            from ..losses.normed_linear import NormedLinear
+
+            return NormedLinear(self.num_features, num_classes)
+        return nn.Linear(self.num_features, num_classes)
 
     def _init_weights(self) -> None:
         # Kaiming-normal for convolutions and the classifier, as in the LDAM-DRW / PLOT code.
@@ -110,7 +127,7 @@ class CifarResNet(nn.Module):
 
     def reset_classifier(self, num_classes: int, global_pool: str = "avg") -> None:
         self.num_classes = num_classes
-        self.fc = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        self.fc = self._make_classifier(num_classes)
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         self.grad_checkpointing = enable

@@ -1,0 +1,415 @@
+"""Cost, memory and fidelity of the PLOT step's modes against a vanilla step (``python benchmarks/step_cost.py``).
+
+In one process, variants are interleaved over several repetitions and their medians reported as ratios to a
+vanilla step (forward + backward): the reference-style step (K ``autograd.grad`` calls on the full retained
+graph, scipy SLSQP CAGrad with finite differences, SAM with a full re-forward, as METHOD.md describes); exact
+mode (loop, batched); the cheap modes (sketch, amortised solving, class groups, one-pass per-sample split on the
+GroupNorm ResNet) and combinations; at 10 and 100 classes (CIFAR ResNet-32, batch 128, 32x32; at 100 classes
+76 classes present, long-tailed). Then peak memory per step (``ru_maxrss`` growth in a fresh subprocess,
+which on the CPU is tensor memory), a solver table, and a fidelity table (cosine of each mode's CAGrad
+direction ``G^T lambda`` to the exact one on a partly trained network). ``--quick``: tiny sizes (for tests).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from contextlib import nullcontext
+
+import numpy as np
+import timm
+import torch
+import torch.nn.functional as F
+from scipy.optimize import minimize
+
+import plot_hf  # noqa: F401
+from plot_hf.moo import per_class_gradients, per_class_objectives
+from plot_hf.moo.class_groups import frequency_groups, group_anchor_table
+from plot_hf.moo.sketch import frozen_batch_stats, sketch_gramian
+from plot_hf.moo.solvers import SOLVERS, cagrad_objective
+from plot_hf.step import PLOTStep
+from plot_hf.trainer import class_prior_anchor, resolve_moo_parameters
+
+DEFAULT_MODE = "exact (loop)"  # PLOTConfig's defaults: moo_gradient_method="loop", moo_solve_every=1
+
+
+class Wrapper(torch.nn.Module):
+    def __init__(self, net: torch.nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self.net(pixel_values)
+
+
+def sizes(quick: bool) -> dict:
+    if quick:
+        return dict(arch="resnet20_cifar", batch=16, image=8, classes=(4, 12), present=(4, 8), reps=1,
+                    pretrain=1, fid_batches=2, solver_ks=(5, 20), sketch_dim=4, mem=False)
+    return dict(arch="resnet32_cifar", batch=128, image=32, classes=(10, 100), present=(10, 76), reps=5,
+                pretrain=200, fid_batches=5, solver_ks=(10, 100, 300, 1000), sketch_dim=64, mem=True)
+
+
+def class_counts(num_classes: int, imbalance: float = 100.0) -> list[int]:
+    return [max(1, int(500 * imbalance ** (-k / max(num_classes - 1, 1)))) for k in range(num_classes)]
+
+
+def long_tailed_labels(num_classes: int, present: int, batch: int, seed: int) -> torch.Tensor:
+    """``present`` classes appear (each at least once); the rest of the batch follows the LT profile."""
+    rng = np.random.default_rng(seed)
+    p = np.array(class_counts(num_classes), dtype=float)[:present]
+    rest = rng.choice(present, size=batch - present, p=p / p.sum())
+    labels = np.concatenate([np.arange(present), rest])
+    return torch.as_tensor(rng.permutation(labels))
+
+
+def build(arch: str, num_classes: int, norm: str = "batch", seed: int = 0) -> Wrapper:
+    torch.manual_seed(seed)
+    return Wrapper(timm.create_model(arch, num_classes=num_classes, norm=norm)).train()
+
+
+# ------------------------------------------------------------------------------------------------ steps
+def vanilla_step(model: Wrapper, x: torch.Tensor, y: torch.Tensor) -> None:
+    model.zero_grad(set_to_none=True)
+    F.cross_entropy(model(x), y).backward()
+
+
+def slsqp_cagrad(a: np.ndarray, anchor: np.ndarray, alpha: float = 0.5, starts: int = 1) -> np.ndarray:
+    """The reference's CAGrad: scipy SLSQP on the simplex, gradients by finite differences."""
+    k = a.shape[0]
+    c = alpha * math.sqrt(max(a.mean(), 0) + 1e-8)
+    best, best_val = anchor, math.inf
+    rng = np.random.default_rng(0)
+    for s in range(starts):
+        x0 = anchor if s == 0 else rng.dirichlet(np.ones(k))
+
+        def fun(w: np.ndarray) -> float:
+            return float(w @ a @ anchor + c * math.sqrt(max(w @ a @ w, 0) + 1e-8))
+
+        res = minimize(fun, x0, bounds=[(0, 1)] * k, constraints={"type": "eq", "fun": lambda w: 1 - w.sum()},
+                       method="SLSQP", options={"maxiter": 200})
+        if res.fun < best_val:
+            best, best_val = res.x, res.fun
+    return best
+
+
+def reference_step(model: Wrapper, x: torch.Tensor, y: torch.Tensor, anchor_table: torch.Tensor,
+                   rho: float = 1e-4, vc_weight: float = 0.02) -> None:
+    """METHOD.md's step: SAM, full re-forward, total backward, K autograd.grad calls, SLSQP, written to .grad."""
+    model.zero_grad(set_to_none=True)
+    named = dict(model.named_parameters())
+    stage = [n for n in named if ".layer3." in n]
+    params = [named[n] for n in stage]
+    clean = F.cross_entropy(model(x), y)
+    grads = torch.autograd.grad(clean, params)
+    norm = torch.sqrt(sum((g**2).sum() for g in grads))
+    eps = [rho * g / norm for g in grads]
+    with torch.no_grad():
+        for p, e in zip(params, eps, strict=True):
+            p.add_(e)
+    losses = F.cross_entropy(model(x), y, reduction="none")
+    classes = y.unique()
+    stds = [losses[y == c].std() for c in classes if (y == c).sum() >= 2]
+    total = losses.mean() + vc_weight * (torch.stack(stds).mean() if stds else 0.0)
+    total.backward(retain_graph=True)
+    rows = []
+    for c in classes:
+        g = torch.autograd.grad(losses[y == c].sum() / len(y), params, retain_graph=True)
+        rows.append(torch.cat([t.reshape(-1) for t in g]))
+    G = torch.stack(rows)
+    a = (G @ G.T).double().numpy()
+    anchor = anchor_table[classes].double().numpy()
+    w = slsqp_cagrad(a, anchor / anchor.sum())
+    gw = torch.as_tensor(w, dtype=G.dtype) @ G
+    g0 = G.mean(0)
+    c = 0.5 * g0.norm()
+    d = (g0 + c / (gw.norm() + 1e-8) * gw) / (1 + 0.5**2) * len(classes)
+    with torch.no_grad():
+        for p, piece, e in zip(params, torch.split(d, [p.numel() for p in params]), eps, strict=True):
+            p.grad = piece.view_as(p).clone()
+            p.sub_(e)
+
+
+def plot_step(model: Wrapper, counts: list[int], **kwargs) -> PLOTStep:
+    groups = kwargs.pop("groups", None)
+    step = PLOTStep(moo=resolve_moo_parameters(model, ["net.layer3"]), solver_name="cagrad",
+                    solver_kwargs={"alpha": 0.5, "rescale": 1}, rho=1e-4, keep_fraction=0.0, vc_weight=0.02,
+                    **kwargs)
+    table = class_prior_anchor(counts)
+    if groups:
+        step.class_to_group = frequency_groups(counts, groups)
+        table = group_anchor_table(table, step.class_to_group)
+    step._table = table  # type: ignore[attr-defined]
+    return step
+
+
+def run_plot(step: PLOTStep, model: Wrapper, x: torch.Tensor, y: torch.Tensor) -> None:
+    model.zero_grad(set_to_none=True)
+    table = step._table  # type: ignore[attr-defined]
+
+    def anchor_for(ids: torch.Tensor) -> torch.Tensor:
+        a = table[ids].double()
+        return a / a.sum()
+
+    step.run(model=model, unwrapped=model, pixel_values=x, group_labels=y,
+             per_sample_loss=lambda logits: F.cross_entropy(logits, y, reduction="none"), anchor_for=anchor_for,
+             backward=lambda loss: loss.backward(), loss_scale=1.0, autocast=nullcontext, forward_context=nullcontext)
+
+
+def variants(cfg: dict, num_classes: int) -> dict:
+    """name -> (norm, factory(model, counts) -> callable(model, x, y), steps per timed call)."""
+    d, chunk = cfg["sketch_dim"], 32
+    groups = 10 if num_classes >= 20 else max(2, num_classes // 3)
+    v = {
+        "vanilla": ("batch", lambda m, c: vanilla_step, 1),
+        "reference-style": ("batch", lambda m, c: _bind_reference(class_prior_anchor(c)), 1),
+        "exact (loop)": ("batch", lambda m, c: _bind(plot_step(m, c, gradient_method="loop")), 1),
+        "exact (batched)": ("batch", lambda m, c: _bind(plot_step(m, c, gradient_method="batched")), 1),
+        f"exact (batched, chunk {chunk})": ("batch", lambda m, c: _bind(plot_step(m, c, gradient_method="batched", chunk_size=chunk)), 1),
+        f"sketch d={d}": ("batch", lambda m, c: _bind(plot_step(m, c, gradient_method="sketch", sketch_dim=d, chunk_size=16)), 1),
+        f"groups {groups}": ("batch", lambda m, c: _bind(plot_step(m, c, gradient_method="loop", groups=groups)), 1),
+        "amortised k=10": ("batch", lambda m, c: _bind(plot_step(m, c, gradient_method="loop", solve_every=10)), 10),
+        f"groups {groups} + amortised k=4": ("batch", lambda m, c: _bind(plot_step(m, c, gradient_method="loop", groups=groups, solve_every=4)), 4),
+        "vanilla (GN)": ("group", lambda m, c: vanilla_step, 1),
+        "per_sample_split (GN)": ("group", lambda m, c: _bind(plot_step(m, c, gradient_method="per_sample_split")), 1),
+        "per_sample_split + amortised k=4 (GN)": ("group", lambda m, c: _bind(plot_step(m, c, gradient_method="per_sample_split", solve_every=4)), 4),
+    }
+    return v
+
+
+def _bind_reference(table: torch.Tensor):
+    return lambda model, x, y: reference_step(model, x, y, table)
+
+
+def _bind(step: PLOTStep):
+    return lambda model, x, y: run_plot(step, model, x, y)
+
+
+def time_variants(cfg: dict, num_classes: int, present: int, only: list[str] | None = None) -> dict[str, float]:
+    counts = class_counts(num_classes)
+    x = torch.randn(cfg["batch"], 3, cfg["image"], cfg["image"], generator=torch.Generator().manual_seed(0))
+    y = long_tailed_labels(num_classes, present, cfg["batch"], seed=0)
+    table = variants(cfg, num_classes)
+    names = [n for n in table if only is None or n in only]
+    models = {n: build(cfg["arch"], num_classes, table[n][0]) for n in names}
+    fns = {n: table[n][1](models[n], counts) for n in names}
+    times: dict[str, list[float]] = {n: [] for n in names}
+    for n in names:  # warm-up (and the first amortised solve); not in quick mode
+        if cfg["reps"] > 1:
+            fns[n](models[n], x, y)
+    for _ in range(cfg["reps"]):
+        for n in names:
+            per_call = table[n][2]
+            start = time.perf_counter()
+            for _ in range(per_call):
+                fns[n](models[n], x, y)
+            times[n].append((time.perf_counter() - start) / per_call)
+    return {n: statistics.median(t) for n, t in times.items()}
+
+
+# ------------------------------------------------------------------------------------------------ memory
+def peak_memory(cfg: dict, name: str, num_classes: int, present: int) -> float:
+    """Peak growth of resident memory (MiB) over two steps of ``name``, in a fresh process."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    code = (
+        f"import json,sys; sys.path.insert(0, {root!r}); from benchmarks import step_cost as s;"
+        f"print(json.dumps(s._memory_child(json.loads({json.dumps(cfg)!r}), {name!r}, {num_classes}, {present})))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def _rss_mib() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def _memory_child(cfg: dict, name: str, num_classes: int, present: int) -> float:
+    counts = class_counts(num_classes)
+    x = torch.randn(cfg["batch"], 3, cfg["image"], cfg["image"])
+    y = long_tailed_labels(num_classes, present, cfg["batch"], seed=0)
+    norm, factory, _ = variants(cfg, num_classes)[name]
+    model = build(cfg["arch"], num_classes, norm)
+    fn = factory(model, counts)
+    base = _rss_mib()
+    for _ in range(2):
+        fn(model, x, y)
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - base
+
+
+# ------------------------------------------------------------------------------------------------ solvers
+def solver_table(ks: tuple[int, ...]) -> list[tuple]:
+    rows = []
+    for k in ks:
+        gen = torch.Generator().manual_seed(k)
+        basis = torch.randn(min(k, 64), 512, generator=gen, dtype=torch.float64)
+        g = torch.randn(k, min(k, 64), generator=gen, dtype=torch.float64) @ basis + 0.3 * torch.randn(
+            k, 512, generator=gen, dtype=torch.float64)
+        a = g @ g.T
+        anchor = torch.as_tensor(np.random.default_rng(k).dirichlet(np.ones(k)))
+        for name in ("cagrad", "mgda", "epo"):
+            kwargs = {"anchor": anchor} if name == "cagrad" else {}
+            if name == "epo":
+                kwargs["losses"] = torch.rand(k, generator=gen, dtype=torch.float64) + 0.5
+            SOLVERS[name](a, **kwargs)
+            start = time.perf_counter()
+            lam = SOLVERS[name](a, **kwargs)
+            elapsed = time.perf_counter() - start
+            gap = float("nan")
+            if name == "cagrad" and k <= 300:
+                c = 0.5 * math.sqrt(float(a.mean()) + 1e-8) + 1e-8
+                w_ref = torch.as_tensor(slsqp_cagrad(a.numpy(), anchor.numpy(), starts=3 if k <= 100 else 1))
+                gw_norm_coeffs = lam * (1 + 0.25) - 1  # = K c w / ||G^T w||: recover w on the simplex
+                w = (gw_norm_coeffs / gw_norm_coeffs.sum()).clamp_min(0)
+                ours, ref = float(cagrad_objective(w, a, anchor, c)), float(cagrad_objective(w_ref, a, anchor, c))
+                gap = (ours - ref) / abs(ref)
+            elif name == "mgda" and k <= 300:
+                w_ref = _slsqp_min_norm(a.numpy())
+                w = lam / lam.sum()
+                ref = float(w_ref @ a.numpy() @ w_ref)
+                gap = (float(w @ a @ w) - ref) / abs(ref)
+            rows.append((k, name, elapsed * 1e3, gap))
+    return rows
+
+
+def _slsqp_min_norm(a: np.ndarray) -> np.ndarray:
+    k = a.shape[0]
+    res = minimize(lambda w: w @ a @ w, np.ones(k) / k, jac=lambda w: 2 * a @ w, bounds=[(0, 1)] * k,
+                   constraints={"type": "eq", "fun": lambda w: 1 - w.sum()}, method="SLSQP",
+                   options={"maxiter": 1000, "ftol": 1e-15})
+    return res.x
+
+
+# ------------------------------------------------------------------------------------------------ fidelity
+def fidelity(cfg: dict, num_classes: int, present: int) -> dict[str, float]:
+    """Median cosine of each mode's CAGrad direction to the exact one, on a partly trained ResNet (BN)."""
+    counts = class_counts(num_classes)
+    model = build(cfg["arch"], num_classes)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    gen = torch.Generator().manual_seed(1)
+    protos = torch.randn(num_classes, 3, cfg["image"], cfg["image"], generator=gen)
+
+    def batch(seed: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        y = long_tailed_labels(num_classes, present, size, seed)
+        noise = torch.randn(size, 3, cfg["image"], cfg["image"], generator=torch.Generator().manual_seed(seed))
+        return protos[y] + 1.5 * noise, y
+
+    for i in range(cfg["pretrain"]):  # synthetic long-tailed data: class prototypes + noise
+        x, y = batch(1000 + i, min(cfg["batch"], 64))
+        opt.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+    table = class_prior_anchor(counts)
+    groups = 10 if num_classes >= 20 else max(2, num_classes // 3)
+    class_to_group = frequency_groups(counts, groups)
+    group_table = group_anchor_table(table, class_to_group)
+    names = [n for n, _ in model.named_parameters() if ".layer3." in n]
+    cos: dict[str, list[float]] = {}
+    stale = None
+    for b in range(cfg["fid_batches"]):
+        x, y = batch(b, cfg["batch"])
+        params = [dict(model.named_parameters())[n] for n in names]
+        buffers = {n: t.clone() for n, t in model.named_buffers()}
+        classes, _ = per_class_objectives(torch.zeros(len(y)), y)
+        position, k = torch.searchsorted(classes, y), classes.numel()
+
+        def objectives_of(values, x=x, y=y, position=position, k=k, buffers=buffers):
+            with frozen_batch_stats(model):
+                out = torch.func.functional_call(model, {**buffers, **dict(zip(names, values, strict=True))}, (x,))
+            losses = F.cross_entropy(out, y, reduction="none")
+            return losses.new_zeros(k).index_add(0, position, losses) / len(y)
+
+        objectives = objectives_of(params)
+        G = per_class_gradients(objectives, params).double()
+        anchor = table[classes] / table[classes].sum()
+        lam = SOLVERS["cagrad"](G @ G.T, anchor=anchor)
+        exact = lam @ G
+
+        def add(name: str, direction: torch.Tensor, exact: torch.Tensor = exact) -> None:
+            cos.setdefault(name, []).append(float(F.cosine_similarity(direction, exact, dim=0)))
+
+        for d in sorted({4, 16, cfg["sketch_dim"], 4 * cfg["sketch_dim"]}):
+            sk, _ = sketch_gramian(objectives_of, params, d, chunk_size=16,
+                                   generator=torch.Generator().manual_seed(b))
+            add(f"sketch d={d}", SOLVERS["cagrad"](sk.double(), anchor=anchor) @ G)
+        gid = class_to_group[classes]
+        gids = gid.unique()
+        Gg = torch.zeros(gids.numel(), G.shape[1], dtype=G.dtype).index_add(0, torch.searchsorted(gids, gid), G)
+        ga = group_table[gids] / group_table[gids].sum()
+        add(f"groups {groups}", SOLVERS["cagrad"](Gg @ Gg.T, anchor=ga) @ Gg)
+        add("plain mean (no MOO)", G.sum(0))
+        if stale is None:
+            stale = (classes, lam)
+        else:  # amortised: coefficients solved b steps earlier, looked up by class (1.0 if absent then)
+            table_lam = torch.ones(num_classes, dtype=G.dtype)
+            table_lam[stale[0]] = stale[1]
+            add(f"amortised (stale {b} step{'s' if b > 1 else ''})", table_lam[classes] @ G)
+        opt.zero_grad()  # a plain SGD step between batches: the network moves on
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+    return {n: statistics.median(v) for n, v in cos.items()}
+
+
+# ------------------------------------------------------------------------------------------------ main
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="tiny sizes, one repetition (for tests)")
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    parser.add_argument("--reps", type=int, default=None, help="interleaved repetitions (default 5; quick 1)")
+    parser.add_argument("--pretrain", type=int, default=None, help="SGD steps before the fidelity table")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    cfg = sizes(args.quick)
+    cfg.update({k: v for k, v in (("reps", args.reps), ("pretrain", args.pretrain)) if v is not None})
+    print(f"# step cost: {cfg['arch']}, batch {cfg['batch']}, {cfg['image']}x{cfg['image']}, "
+          f"{torch.get_num_threads()} threads, torch {torch.__version__}, {cfg['reps']} interleaved reps (medians)")
+    ratios: dict[int, dict[str, float]] = {}
+    for num_classes, present in zip(cfg["classes"], cfg["present"], strict=True):
+        med = time_variants(cfg, num_classes, present)
+        ratios[num_classes] = {n: t / med["vanilla"] for n, t in med.items()}
+        print(f"\n## {num_classes} classes ({present} present in the batch)\n")
+        print("| variant | median step (s) | / vanilla (BN) | / vanilla (GN) |\n|---|---|---|---|")
+        for n, t in med.items():
+            gn = f"{t / med['vanilla (GN)']:.2f}x" if "GN" in n else ""
+            print(f"| {n} | {t:.3f} | {t / med['vanilla']:.2f}x | {gn} |")
+        sys.stdout.flush()
+    if cfg["mem"]:
+        big, present = cfg["classes"][-1], cfg["present"][-1]
+        print(f"\n## peak memory per step, {big} classes (ru_maxrss growth over 2 steps, fresh process)\n")
+        print("| variant | peak MiB | / vanilla |\n|---|---|---|")
+        mem = {}
+        for n in ("vanilla", "reference-style", "exact (loop)", "exact (batched)", "exact (batched, chunk 32)",
+                  f"sketch d={cfg['sketch_dim']}", "groups 10", "amortised k=10", "vanilla (GN)",
+                  "per_sample_split (GN)"):
+            mem[n] = peak_memory(cfg, n, big, present)
+            base = mem["vanilla (GN)"] if "GN" in n and "vanilla (GN)" in mem else mem["vanilla"]
+            print(f"| {n} | {mem[n]:.0f} | {mem[n] / base:.2f}x |")
+            sys.stdout.flush()
+    print("\n## solvers (float64 CPU; gap = relative dual-objective excess over scipy SLSQP multi-start)\n")
+    print("| K | solver | ms | gap |\n|---|---|---|---|")
+    for k, name, ms, gap in solver_table(cfg["solver_ks"]):
+        print(f"| {k} | {name} | {ms:.1f} | {'' if math.isnan(gap) else f'{gap:.1e}'} |")
+    print(f"\n## fidelity: median cosine to the exact CAGrad direction ({cfg['pretrain']} SGD steps of pre-training, "
+          f"{cfg['fid_batches']} batches)\n")
+    fids = {c: fidelity(cfg, c, p) for c, p in zip(cfg["classes"], cfg["present"], strict=True)}
+    names = list(dict.fromkeys(n for f in fids.values() for n in f))
+    print("| mode | " + " | ".join(f"{c} classes" for c in fids) + " |\n|---|" + "---|" * len(fids))
+    for n in names:
+        print(f"| {n} | " + " | ".join(f"{fids[c].get(n, float('nan')):.4f}" for c in fids) + " |")
+    print("| per_sample_split (GN) | exact (tests: 1e-5) | exact |")
+    big = cfg["classes"][-1]
+    r = ratios[big]
+    print(f"\ndefault-mode step / vanilla step at {big} classes: {r[DEFAULT_MODE]:.2f}x "
+          f"(exact: {r['exact (loop)']:.2f}x, reference-style: {r['reference-style']:.2f}x)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,186 @@
+"""Exact per-class gradients from ONE backward, for stages without cross-sample coupling.
+
+When no operation in the MOO stage or after it mixes samples (GroupNorm / LayerNorm, batch norm in eval mode;
+NOT batch norm in train mode), the loss ``l_i`` of sample ``i`` depends on ``theta`` only through sample
+``i``'s own activations. Then, for a parametrised module ``m`` of the stage with input ``a_i`` and output
+gradient ``delta_i = d(sum_j l_j / B) / d out_i`` (both per sample, from one forward and ONE backward of the
+batch-mean loss through the stage),
+
+    g_k = grad_theta L_k = sum_{i : y_i = k} J_m(a_i)^T delta_i      (per module, exactly),
+
+i.e. per-sample parameter gradients of each module (``torch.func.vmap`` of a VJP of the module alone, cheap:
+no activation gradient is recomputed) summed by class (a segment sum). Total cost: one backward through the
+stage plus one weight-gradient computation per module, whatever the number of classes.
+
+:class:`SplitCapture` records the inputs and outputs of the stage's parametrised modules during the perturbed
+forward and refuses train-mode batch norm that runs in the stage or after it (:class:`CrossSampleCouplingError`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+from torch.func import functional_call, grad, vmap
+
+__all__ = ["CrossSampleCouplingError", "SplitCapture"]
+
+
+class CrossSampleCouplingError(ValueError):
+    """A module couples the samples of a batch (train-mode batch norm): per-sample splitting would be wrong."""
+
+
+def _couples_samples(module: nn.Module) -> bool:
+    return isinstance(module, nn.modules.batchnorm._BatchNorm) and (
+        module.training or getattr(module, "running_mean", None) is None
+    )
+
+
+class SplitCapture:
+    """Capture per-module inputs/outputs of ``stage`` in one forward; then per-class gradients from one backward.
+
+    ``param_names`` are the MOO parameters' names relative to ``root`` (the model run in the forward), in the
+    order of the flattened gradient; ``stage_name`` the stage's module name in ``root``.
+    """
+
+    def __init__(self, root: nn.Module, stage_name: str, param_names: Sequence[str]):
+        self.root = root
+        self.stage_name = stage_name
+        self.param_names = list(param_names)
+        self.modules: dict[str, nn.Module] = {}
+        owned: set[str] = set()
+        for name, module in root.get_submodule(stage_name).named_modules():
+            full = f"{stage_name}.{name}" if name else stage_name
+            local = [f"{full}.{p}" for p, _ in module.named_parameters(recurse=False)]
+            if any(p in self.param_names for p in local):
+                self.modules[full] = module
+                owned.update(local)
+        missing = [p for p in self.param_names if p not in owned]
+        if missing:
+            raise ValueError(f"per_sample_split: MOO parameters {missing[:5]} are not owned by modules of `{stage_name}`.")
+        self.calls: list[tuple[str, torch.Tensor, torch.Tensor]] = []
+
+    @contextmanager
+    def capture(self) -> Iterator[None]:
+        """Within this context, a forward records ``(module, input, output)`` and checks for coupling."""
+        self.calls = []
+
+        def record(name: str):
+            def hook(module: nn.Module, args: tuple, output: torch.Tensor) -> None:
+                if len(args) != 1 or not isinstance(args[0], torch.Tensor) or not isinstance(output, torch.Tensor):
+                    raise ValueError(f"per_sample_split: module `{name}` must map one tensor to one tensor.")
+                self.calls.append((name, args[0].detach(), output))
+
+            return hook
+
+        started = {"stage": False}  # only modules that run in or after the stage matter
+
+        def on_stage(module: nn.Module, args: tuple) -> None:
+            started["stage"] = True
+
+        def refuse(name: str):
+            def hook(module: nn.Module, args: tuple) -> None:
+                if started["stage"] and _couples_samples(module):
+                    raise CrossSampleCouplingError(
+                        f"moo_gradient_method='per_sample_split' needs sample-independent normalisation in and after "
+                        f"the MOO stage, but `{name}` ({type(module).__name__}, train mode) couples the samples of a "
+                        "batch. Use a GroupNorm/LayerNorm model (e.g. resnet32_cifar_gn), eval-mode batch norm, or "
+                        "another moo_gradient_method ('loop', 'batched', 'sketch')."
+                    )
+
+            return hook
+
+        handles = [self.root.get_submodule(self.stage_name).register_forward_pre_hook(on_stage)]
+        handles += [m.register_forward_hook(record(n)) for n, m in self.modules.items()]
+        handles += [
+            m.register_forward_pre_hook(refuse(n))
+            for n, m in self.root.named_modules()
+            if isinstance(m, nn.modules.batchnorm._BatchNorm)
+        ]
+        try:
+            yield
+        finally:
+            for handle in handles:
+                handle.remove()
+
+    def per_class_gradients(
+        self,
+        objectives: torch.Tensor,
+        positions: torch.Tensor,
+        values: dict[str, torch.Tensor],
+        *,
+        chunk_size: int | None = None,
+    ) -> torch.Tensor:
+        """The K x P per-class gradients; ``positions[i]`` is sample i's objective index in ``objectives``.
+
+        ``values`` maps the MOO parameter names to the tensors used in the forward (the perturbed values).
+        One backward of ``sum_k L_k`` through the stage gives every module's output gradient.
+        """
+        if not self.calls:
+            raise RuntimeError("per_sample_split: no forward was captured.")
+        outputs = [out for _, _, out in self.calls]
+        deltas = torch.autograd.grad(objectives.sum(), outputs, retain_graph=True, allow_unused=True)
+        num = objectives.numel()
+        rows: dict[str, torch.Tensor] = {}
+        for (name, inp, _out), delta in zip(self.calls, deltas, strict=True):
+            if delta is None:
+                continue
+            module = self.modules[name]
+            local = {p: values[f"{name}.{p}"].detach() for p, _ in module.named_parameters(recurse=False)}
+            for pname, g in _per_class_module_grads(module, local, inp, delta, positions, num, chunk_size).items():
+                key = f"{name}.{pname}"
+                rows[key] = rows[key] + g if key in rows else g
+        width = [values[n].numel() for n in self.param_names]
+        blocks = [
+            rows[n].reshape(num, -1) if n in rows else objectives.new_zeros(num, w)
+            for n, w in zip(self.param_names, width, strict=True)
+        ]
+        self.calls = []
+        return torch.cat(blocks, dim=1)
+
+
+def _per_class_module_grads(
+    module: nn.Module,
+    params: dict[str, torch.Tensor],
+    inputs: torch.Tensor,
+    deltas: torch.Tensor,
+    positions: torch.Tensor,
+    num: int,
+    chunk_size: int | None,
+) -> dict[str, torch.Tensor]:
+    """``sum_{i in k} J_m(a_i)^T delta_i`` for each parameter of ``module``: K x shape."""
+    if isinstance(module, nn.Conv2d) and module.groups == 1 and module.padding_mode == "zeros":
+        return _conv2d(module, params, inputs, deltas, positions, num)
+
+    def sample_loss(p: dict[str, torch.Tensor], a: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
+        return (functional_call(module, p, (a.unsqueeze(0),)) * d.unsqueeze(0)).sum()
+
+    per_sample = vmap(grad(sample_loss), in_dims=(None, 0, 0), chunk_size=chunk_size)(params, inputs, deltas)
+    return {
+        name: g.new_zeros((num, *g.shape[1:])).index_add(0, positions, g) for name, g in per_sample.items()
+    }
+
+
+def _conv2d(
+    module: nn.Conv2d,
+    params: dict[str, torch.Tensor],
+    inputs: torch.Tensor,
+    deltas: torch.Tensor,
+    positions: torch.Tensor,
+    num: int,
+) -> dict[str, torch.Tensor]:
+    """Per-class conv gradients: per-sample ``delta_i @ unfold(a_i)^T`` summed by class (one batched matmul)."""
+    weight = params["weight"]
+    b, out_ch = deltas.shape[:2]
+    cols = torch.nn.functional.unfold(
+        inputs, module.kernel_size, dilation=module.dilation, padding=module.padding, stride=module.stride
+    )  # B x (C k k) x L
+    dflat = deltas.reshape(b, out_ch, -1)  # B x O x L
+    per_sample = torch.bmm(dflat, cols.transpose(1, 2))  # B x O x (C k k)
+    result = {"weight": per_sample.new_zeros(num, *per_sample.shape[1:]).index_add(0, positions, per_sample)}
+    result["weight"] = result["weight"].reshape(num, *weight.shape)
+    if "bias" in params and params["bias"] is not None:
+        result["bias"] = dflat.sum(dim=2).new_zeros(num, out_ch).index_add(0, positions, dflat.sum(dim=2))
+    return result
