@@ -12,10 +12,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import timm
-
-from .resnet_cifar import CIFAR_ARCHITECTURES
 from torch import nn
 from transformers import AutoModelForImageClassification, TimmWrapperConfig, TimmWrapperForImageClassification
+
+from .resnet_cifar import CIFAR_ARCHITECTURES
 
 
 def create_image_classifier(
