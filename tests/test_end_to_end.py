@@ -99,3 +99,18 @@ def test_evaluate_command_reproduces_training_metrics(trained):
         assert metrics[key] == pytest.approx(last[f"test_{key}"], abs=1e-9), key
     assert metrics["nll"] == pytest.approx(last["test_nll"], rel=1e-4)
     assert (out / "metrics_test.json").is_file()
+
+
+@pytest.mark.slow
+def test_analyze_command_writes_conflict_preference_and_collapse_measures(trained, tmp_path):
+    from plot_hf.analyze import main as analyze_main
+
+    out, _ = trained
+    analyze_main([str(out), str(RECIPE), "--num_batches", "2", "--output_dir", str(tmp_path), *FAST])
+    saved = json.loads((tmp_path / "analysis.json").read_text())
+    assert {"conflict", "preference", "representation"} <= set(saved)
+    assert saved["num_batches"] == 2 and saved["classes_seen"] == 10
+    for name in ("conflict_heatmap.png", "against_frequency.png"):
+        assert (tmp_path / name).stat().st_size > 1000, name
+    text = json.dumps(saved)
+    assert "conflict_fraction" in text and "nc1" in text
