@@ -84,14 +84,16 @@ class PLOTTrainer(Trainer):
         self._plot_step: PLOTStep | None = None
         self._plot_logs: dict[str, list[float]] = defaultdict(list)
         if self.args.plot_enabled:
+            moo = resolve_moo_parameters(unwrapped, self.args.moo_modules)
+            self.gradient_method = resolve_gradient_method(unwrapped, moo, self.args.moo_gradient_method)
             self._plot_step = PLOTStep(
-                moo=resolve_moo_parameters(unwrapped, self.args.moo_modules),
+                moo=moo,
                 solver_name=self.args.moo_solver,
                 solver_kwargs=self._solver_kwargs(),
                 rho=self.args.sam_rho,
                 keep_fraction=self.args.sam_keep_fraction,
                 vc_weight=self.args.vc_weight,
-                gradient_method=self.args.moo_gradient_method,
+                gradient_method=self.gradient_method,
                 chunk_size=self.args.moo_chunk_size,
                 solve_every=self.args.moo_solve_every,
                 sketch_dim=self.args.moo_sketch_dim,
@@ -108,7 +110,7 @@ class PLOTTrainer(Trainer):
             return
         self._plot_step.reducer = CrossRank(self.args.moo_ddp_reduce)
         self._plot_step.all_class_rows = has_sync_batch_norm(unwrapped)
-        if self.args.world_size > 1 and self.args.moo_gradient_method == "sketch":
+        if self.args.world_size > 1 and self._plot_step.gradient_method == "sketch":
             raise ValueError("`moo_gradient_method='sketch'` is not reduced across ranks; use 'loop' or 'batched' with DDP.")
         self.add_callback(_SkippedStepGuard(self))
 
@@ -409,6 +411,19 @@ def default_moo_stage(model: nn.Module) -> str:
         f"{'/'.join(STAGE_LISTS)} such as transformers' `resnet.encoder.stages` or `vit.encoder.layer`); set `moo_modules` to "
         "the module name(s) of the shared representation, e.g. ['layer4']."
     )
+
+
+def resolve_gradient_method(model: nn.Module, moo: MOOParameters, requested: str) -> str:
+    """``"auto"`` -> ``"per_sample_split"`` (exact, one backward) when no batch norm runs in or after the MOO
+    stage, else ``"batched"`` (exact, batched vector-Jacobian products); other values are kept as given."""
+    if requested != "auto":
+        return requested
+    names = [name for name, _ in model.named_modules()]
+    start = names.index(moo.stage_name)
+    for name, module in list(model.named_modules())[start:]:
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            return "batched"
+    return "per_sample_split"
 
 
 def resolve_moo_parameters(model: nn.Module, patterns: Sequence[str] | None) -> MOOParameters:

@@ -10,6 +10,17 @@ import plot_hf  # noqa: F401
 from plot_hf.models import create_image_classifier
 
 
+class Wrapper(torch.nn.Module):
+    """Stands in for TimmWrapperForImageClassification: forward(pixel_values=...) -> logits."""
+
+    def __init__(self, timm_model):
+        super().__init__()
+        self.timm_model = timm_model
+
+    def forward(self, pixel_values):
+        return self.timm_model(pixel_values)
+
+
 def tensor_dataset(num_rows: int = 64, num_classes: int = 4, size: int = 8, seed: int = 0) -> Dataset:
     """Rows of ``pixel_values`` (3 x size x size floats) and long-tailed ``labels``."""
     rng = np.random.default_rng(seed)

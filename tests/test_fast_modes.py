@@ -22,16 +22,7 @@ from plot_hf.moo.split import CrossSampleCouplingError
 from plot_hf.step import PLOTStep
 from plot_hf.trainer import class_prior_anchor, resolve_moo_parameters
 
-from .helpers import collate, tensor_dataset, tiny_model
-
-
-class Wrapper(torch.nn.Module):
-    def __init__(self, timm_model):
-        super().__init__()
-        self.timm_model = timm_model
-
-    def forward(self, pixel_values):
-        return self.timm_model(pixel_values)
+from .helpers import Wrapper, collate, tensor_dataset, tiny_model
 
 
 def _model(arch: str, classes: int = 6, seed: int = 0) -> Wrapper:

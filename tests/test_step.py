@@ -15,18 +15,9 @@ from plot_hf.moo import get_solver
 from plot_hf.step import PLOTStep
 from plot_hf.trainer import class_prior_anchor, resolve_moo_parameters
 
+from .helpers import Wrapper
+
 RHO, VC = 0.05, 0.1
-
-
-class Wrapper(torch.nn.Module):
-    """Stands in for TimmWrapperForImageClassification: forward(pixel_values=...) -> logits."""
-
-    def __init__(self, timm_model):
-        super().__init__()
-        self.timm_model = timm_model
-
-    def forward(self, pixel_values):
-        return self.timm_model(pixel_values)
 
 
 def _reference_step(model, x, y, counts, keep_fraction):

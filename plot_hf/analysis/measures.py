@@ -85,7 +85,10 @@ def class_gradients(
     chunk_size: int | None = None,
     device: torch.device | str | None = None,
 ) -> ClassGradients:
-    """Sum over ``batches`` of the per-class gradients (PLOT's ``L_k = sum_{i in k} l_i / B``), eval mode."""
+    """Sum over ``batches`` of the per-class gradients (PLOT's ``L_k = sum_{i in k} l_i / B``), eval mode.
+
+    Always exact: ``method`` "loop" is kept, any other training method (auto, sketch, ...) becomes "batched"."""
+    method = "loop" if method == "loop" else "batched"
     device = device or next(model.parameters()).device
     was_training = model.training
     model.eval()
