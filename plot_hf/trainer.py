@@ -420,7 +420,7 @@ def resolve_gradient_method(model: nn.Module, moo: MOOParameters, requested: str
         return requested
     names = [name for name, _ in model.named_modules()]
     start = names.index(moo.stage_name)
-    for name, module in list(model.named_modules())[start:]:
+    for _name, module in list(model.named_modules())[start:]:
         if isinstance(module, nn.modules.batchnorm._BatchNorm):
             return "batched"
     return "per_sample_split"
