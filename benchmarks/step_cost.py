@@ -64,6 +64,7 @@ def class_counts(num_classes: int, imbalance: float = 100.0) -> list[int]:
 def long_tailed_labels(num_classes: int, present: int, batch: int, seed: int) -> torch.Tensor:
     """``present`` classes appear (each at least once); the rest of the batch follows the LT profile."""
     rng = np.random.default_rng(seed)
+    present = min(present, batch)
     p = np.array(class_counts(num_classes), dtype=float)[:present]
     rest = rng.choice(present, size=batch - present, p=p / p.sum())
     labels = np.concatenate([np.arange(present), rest])

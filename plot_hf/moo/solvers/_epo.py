@@ -105,7 +105,7 @@ def solve_simplex_lp(
         basis[i] = n + m + j
     tab[-1] = -tab[art_rows].sum(dim=0)  # phase 1: minimise the sum of the artificials
     tab[-1, n + m : width] = 0.0
-    pivots = max_pivots or 50 * (n + m + 2)
+    pivots = max_pivots or 4 * (n + m + 2)  # a simplex run needs ~2-3 (n + m) pivots; beyond: fall back
     if not _run_simplex(tab, basis, width, pivots) or float(-tab[-1, -1]) > 1e-9:
         return None
     keep = []
