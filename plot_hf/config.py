@@ -50,7 +50,8 @@ class PLOTConfig(TrainingArguments):
         moo_gradient_method (`str`, *optional*, defaults to `"auto"`):
             How per-class gradients are computed. `"auto"` picks an exact method from the model:
             `"per_sample_split"` when no batch norm runs in or after the MOO stage (e.g. `resnet32_cifar_gn`:
-            1.4x a vanilla step at 100 classes), else `"batched"` (5.5x; measured in `benchmarks/README.md`).
+            1.4x a vanilla step at 100 classes), else `"batched"` on an accelerator and `"loop"` on a CPU
+            (6.5x; measured in the README's performance section).
             `"loop"` (one `autograd.grad` per class) or `"batched"` (batched
             vector-Jacobian products in chunks of `moo_chunk_size` classes), both exact; `"per_sample_split"`
             (exact from ONE backward: per-sample gradients of the stage's modules summed by class; only for models

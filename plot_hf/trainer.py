@@ -85,7 +85,9 @@ class PLOTTrainer(Trainer):
         self._plot_logs: dict[str, list[float]] = defaultdict(list)
         if self.args.plot_enabled:
             moo = resolve_moo_parameters(unwrapped, self.args.moo_modules)
-            self.gradient_method = resolve_gradient_method(unwrapped, moo, self.args.moo_gradient_method)
+            self.gradient_method = resolve_gradient_method(
+                unwrapped, moo, self.args.moo_gradient_method, self.args.device
+            )
             self._plot_step = PLOTStep(
                 moo=moo,
                 solver_name=self.args.moo_solver,
@@ -413,16 +415,20 @@ def default_moo_stage(model: nn.Module) -> str:
     )
 
 
-def resolve_gradient_method(model: nn.Module, moo: MOOParameters, requested: str) -> str:
+def resolve_gradient_method(
+    model: nn.Module, moo: MOOParameters, requested: str, device: torch.device | str = "cpu"
+) -> str:
     """``"auto"`` -> ``"per_sample_split"`` (exact, one backward) when no batch norm runs in or after the MOO
-    stage, else ``"batched"`` (exact, batched vector-Jacobian products); other values are kept as given."""
+    stage; else exact per-class backward passes: ``"batched"`` vector-Jacobian products on an accelerator,
+    ``"loop"`` on a CPU (as fast within noise there, and 1.5x instead of 2.7x a vanilla step's peak memory;
+    see README, Performance). Other values are kept as given."""
     if requested != "auto":
         return requested
     names = [name for name, _ in model.named_modules()]
     start = names.index(moo.stage_name)
-    for _name, module in list(model.named_modules())[start:]:
+    for _, module in list(model.named_modules())[start:]:
         if isinstance(module, nn.modules.batchnorm._BatchNorm):
-            return "batched"
+            return "loop" if torch.device(device).type == "cpu" else "batched"
     return "per_sample_split"
 
 

@@ -165,4 +165,4 @@ def test_auto_gradient_method_picks_the_exact_one_pass_method_without_batch_norm
     assert plot.gradient_method == "per_sample_split"
     plot = PLOTTrainer(model=tiny_model("resnet20_cifar"), args=PLOTConfig(output_dir=str(tmp_path), use_cpu=True),
                        train_dataset=tensor_dataset())
-    assert plot.gradient_method == "batched"
+    assert plot.gradient_method == "loop"  # on a CPU; "batched" on an accelerator
