@@ -116,7 +116,7 @@ class LongTailedLoss(nn.Module):
         return losses * weights.to(device=losses.device, dtype=losses.dtype)[labels]
 
     def forward(self, logits: Tensor, labels: Tensor) -> Tensor:  # pragma: no cover - abstract
-        raise NotImplementedError
+        raise NotImplementedError  # abstract: each loss returns per-sample losses [B]
 
 
 def mixup_loss(
