@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .step import _logits
+from .step import logits_of
 from .trainer import PLOTTrainer
 
 
@@ -114,16 +114,16 @@ def translate(
         x = (x + noise).clamp(lo, hi)
     for _ in range(config.attack_iters):
         x = x.detach().requires_grad_(True)
-        loss = F.cross_entropy(_logits(g(pixel_values=x)), targets)
+        loss = F.cross_entropy(logits_of(g(pixel_values=x)), targets)
         if config.lam:
-            logits_f = _logits(f(pixel_values=x))
+            logits_f = logits_of(f(pixel_values=x))
             sign = torch.ones_like(logits_f).scatter_(1, seed_labels[:, None], -1.0)
             loss = loss + config.lam * (logits_f * sign).mean()
         (grad,) = torch.autograd.grad(loss, [x])
         x = (x - config.step_size * _l2_normalise(grad)).clamp(lo, hi)
     x = x.detach()
     with torch.no_grad():
-        probs = _logits(g(pixel_values=x)).softmax(-1).gather(1, targets[:, None]).flatten()
+        probs = logits_of(g(pixel_values=x)).softmax(-1).gather(1, targets[:, None]).flatten()
     return x, probs
 
 

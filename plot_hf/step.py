@@ -127,7 +127,7 @@ class PLOTStep:
         replay = self._replay
 
         with replay.record(), forward_context():
-            logits = _logits(model(pixel_values=pixel_values))
+            logits = logits_of(model(pixel_values=pixel_values))
         clean_losses = per_sample_loss(logits)
         clean_loss = clean_losses.mean()
         reducer = self.reducer if self.reducer is not None and self.reducer.active else None
@@ -164,7 +164,7 @@ class PLOTStep:
         overrides.update({name: b.clone() for name, b in unwrapped.named_buffers()})
         split = self._split_capture(unwrapped)
         with replay.replay(), autocast(), split.capture() if split is not None else _null():
-            perturbed_logits = _logits(functional_call(unwrapped, overrides, args=(), kwargs={"pixel_values": pixel_values}))
+            perturbed_logits = logits_of(functional_call(unwrapped, overrides, args=(), kwargs={"pixel_values": pixel_values}))
         losses = per_sample_loss(perturbed_logits)
 
         # Objectives: one per class present, or per class group (frequency-ordered bins of classes).
@@ -187,7 +187,7 @@ class PLOTStep:
                     inner = dict(overrides)
                     inner.update(zip(self.moo.names, values, strict=True))
                     with replay.replay(), autocast(), frozen_batch_stats(unwrapped):
-                        out = _logits(functional_call(unwrapped, inner, args=(), kwargs={"pixel_values": pixel_values}))
+                        out = logits_of(functional_call(unwrapped, inner, args=(), kwargs={"pixel_values": pixel_values}))
                     sample_losses = per_sample_loss(out)
                     position = torch.searchsorted(classes, objective_labels)
                     total = sample_losses.new_zeros(classes.numel()).index_add(0, position, sample_losses)
@@ -308,7 +308,8 @@ def _null() -> Iterator[None]:
     yield
 
 
-def _logits(output: object) -> torch.Tensor:
+def logits_of(output: object) -> torch.Tensor:
+    """The logits of a model's output: a tensor, an output with ``.logits``, a dict, or a tuple (first item)."""
     if isinstance(output, torch.Tensor):
         return output
     logits = getattr(output, "logits", None)

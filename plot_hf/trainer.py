@@ -20,7 +20,7 @@ from .guard import NonFiniteGuard
 from .losses import build_loss, mixup_loss
 from .moo.class_groups import frequency_groups, group_anchor_table
 from .schedule import warmup_multistep_schedule
-from .step import MOOParameters, PLOTStep, _logits
+from .step import MOOParameters, PLOTStep, logits_of
 
 
 class PLOTTrainer(Trainer):
@@ -183,7 +183,7 @@ class PLOTTrainer(Trainer):
             def per_sample_loss(logits: torch.Tensor) -> torch.Tensor:
                 return self.loss_fn(logits, labels)
         outputs = model(pixel_values=pixel_values, **inputs)
-        loss = per_sample_loss(_logits(outputs)).mean()
+        loss = per_sample_loss(logits_of(outputs)).mean()
         return (loss, outputs) if return_outputs else loss
 
     def _baseline(self, pixel_values: torch.Tensor, labels: torch.Tensor):

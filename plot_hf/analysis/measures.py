@@ -28,7 +28,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from ..moo import per_class_gradients, per_class_objectives
-from ..step import _logits
+from ..step import logits_of
 
 Batch = dict[str, torch.Tensor]
 PerSampleLoss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -97,7 +97,7 @@ def class_gradients(
     try:
         for batch in batches:
             labels = batch["labels"].to(device)
-            logits = _logits(model(pixel_values=batch["pixel_values"].to(device)))
+            logits = logits_of(model(pixel_values=batch["pixel_values"].to(device)))
             classes, objectives = per_class_objectives(per_sample_loss(logits, labels), labels)
             grads = per_class_gradients(objectives, list(params), method=method, chunk_size=chunk_size,  # type: ignore[arg-type]
                                         retain_graph=False).detach().double()
@@ -128,7 +128,7 @@ def penultimate_features(
     try:
         for batch in batches:
             y = batch["labels"].to(device)
-            logits = _logits(model(pixel_values=batch["pixel_values"].to(device)))
+            logits = logits_of(model(pixel_values=batch["pixel_values"].to(device)))
             feats.append(captured.pop().double().cpu())
             labels.append(y.cpu())
             losses.append(per_sample_loss(logits, y).double().cpu())
