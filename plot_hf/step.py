@@ -37,6 +37,7 @@ from .moo import (
     DirectionSlot,
     StageReplay,
     conflict_fraction,
+    gradient_is_finite,
     gramian,
     per_class_gradients,
     per_class_objectives,
@@ -148,7 +149,7 @@ class PLOTStep:
                 sam_grads = [g.float() / grad_scale for g in sam_grads]
             if reducer is not None:  # the global batch's ascent direction: eps identical on every rank
                 sam_grads = reducer.sum_list(sam_grads)
-            if all(bool(torch.isfinite(g).all()) for g in sam_grads):
+            if gradient_is_finite(sam_grads):  # one host synchronisation for all tensors
                 epsilon = sam_epsilon(sam_grads, self.rho)
             else:  # fp16 overflow: skip the perturbation, never poison the weights
                 epsilon = [torch.zeros_like(p) for p in params]
@@ -213,7 +214,7 @@ class PLOTStep:
                 warnings.simplefilter("always", DegenerateGramianWarning)
                 # fp16 overflow in G: NaN coefficients, so the loss scaler skips the step and lowers its scale.
                 # A NaN/inf loss: NaN coefficients too, so that plot_hf.guard skips the optimizer step.
-                finite = bool(torch.isfinite(gram).all()) and bool(torch.isfinite(objectives.detach()).all())
+                finite = gradient_is_finite([gram, objectives.detach()])
                 solver = get_solver(self.solver_name) if finite else _nan_coefficients
                 coefficients = solver(
                     gram.double(),
