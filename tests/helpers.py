@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import numpy as np
 import torch
 from datasets import Dataset
@@ -45,3 +47,48 @@ def tiny_model(architecture: str = "resnet20_cifar", num_classes: int = 4, seed:
 
 def parameters_of(model) -> dict[str, torch.Tensor]:
     return {n: p.detach().clone() for n, p in model.named_parameters()}
+
+
+class HostReadError(AssertionError):
+    """A tensor value was read on the host inside a :func:`forbid_host_reads` block."""
+
+
+@contextmanager
+def forbid_host_reads():
+    """Make every Python-level way of reading a tensor's value on the host raise :class:`HostReadError`.
+
+    On an accelerator each of these is a device-to-host synchronisation: ``item``, ``tolist``, ``bool`` /
+    ``float`` / ``int`` of a tensor, ``nonzero`` / ``unique`` / ``masked_select`` (data-dependent shapes),
+    and indexing with a boolean mask or a 0-d tensor (PyTorch reads such an index as an integer).
+    """
+    saved: list[tuple[object, str, object]] = []
+
+    def patch(owner: object, name: str, replacement) -> None:
+        saved.append((owner, name, getattr(owner, name)))
+        setattr(owner, name, replacement)
+
+    def refuse(what: str):
+        def raiser(*args, **kwargs):
+            raise HostReadError(f"host read of a tensor value: {what}")
+
+        return raiser
+
+    original_getitem = torch.Tensor.__getitem__
+
+    def getitem(self, index):
+        parts = index if isinstance(index, tuple) else (index,)
+        for part in parts:
+            if isinstance(part, torch.Tensor) and (part.dtype == torch.bool or part.ndim == 0):
+                raise HostReadError("host read of a tensor value: indexing with a mask or a 0-d tensor")
+        return original_getitem(self, index)
+
+    for name in ("item", "tolist", "__bool__", "__float__", "__int__", "nonzero", "unique", "masked_select"):
+        patch(torch.Tensor, name, refuse(f"Tensor.{name}"))
+    for name in ("nonzero", "unique", "masked_select"):
+        patch(torch, name, refuse(f"torch.{name}"))
+    patch(torch.Tensor, "__getitem__", getitem)
+    try:
+        yield
+    finally:
+        for owner, name, value in reversed(saved):
+            setattr(owner, name, value)

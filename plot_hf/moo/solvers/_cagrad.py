@@ -31,30 +31,34 @@ import torch
 from torch import Tensor
 
 from ._registry import finish, prepare, register_solver
-from ._simplex import largest_eigenvalue, minimize_on_simplex
+from ._simplex import host_sync_allowed, largest_eigenvalue, minimize_on_simplex
 
 __all__ = ["cagrad", "cagrad_objective"]
 
 _EPS = 1e-8
 
 
-def cagrad_objective(w: Tensor, gramian: Tensor, anchor: Tensor, c: float) -> Tensor:
+def cagrad_objective(w: Tensor, gramian: Tensor, anchor: Tensor, c: float | Tensor) -> Tensor:
     """The dual objective ``w^T A b + c * sqrt(w^T A w + 1e-8)`` (for checks and tests)."""
     return w @ gramian @ anchor + c * torch.sqrt((w @ gramian @ w).clamp_min(0.0) + _EPS)
 
 
-def _solve_dual(a: Tensor, anchor: Tensor, c: float, max_iter: int, tol: float) -> Tensor:
+def _solve_dual(
+    a: Tensor, anchor: Tensor, c: Tensor | float, max_iter: int, tol: float, early_exit: bool | None = None
+) -> Tensor:
     ab = a @ anchor
 
-    def value_grad(x: Tensor, ax: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        s = torch.sqrt((x @ ax).clamp_min(0.0) + _EPS)
+    def value_grad(x: Tensor, ax: Tensor) -> tuple[Tensor, Tensor, Tensor]:  # rows of x are points
+        s = torch.sqrt((x * ax).sum(dim=-1).clamp_min(0.0) + _EPS)
         lin = x @ ab
-        return lin + c * s, ab + (c / s) * ax, lin.abs() + c * s
+        return lin + c * s, ab + (c / s)[:, None] * ax, lin.abs() + c * s
 
-    s0 = math.sqrt(max(float(anchor @ ab), 0.0) + _EPS)
-    lip = c * float(largest_eigenvalue(a)) / s0
-    floor = c * math.sqrt(float(a.diagonal().mean()))  # the size of c * ||g_k||: the scale of f
-    return minimize_on_simplex(a, value_grad, anchor, lipschitz=lip, max_iter=max_iter, tol=tol, floor=floor)
+    s0 = torch.sqrt((anchor @ ab).clamp_min(0.0) + _EPS)
+    lip = c * largest_eigenvalue(a) / s0
+    floor = c * torch.sqrt(a.diagonal().mean().clamp_min(0.0))  # the size of c * ||g_k||: the scale of f
+    return minimize_on_simplex(
+        a, value_grad, anchor, lipschitz=lip, max_iter=max_iter, tol=tol, floor=floor, early_exit=early_exit
+    )
 
 
 @register_solver("cagrad")
@@ -65,10 +69,16 @@ def cagrad(
     anchor: Tensor | None = None,
     alpha: float = 0.5,
     rescale: int = 1,
-    max_iter: int = 2000,
+    max_iter: int | None = None,
     tol: float = 1e-9,
+    early_exit: bool | None = None,
 ) -> Tensor:
     """CAGrad coefficients ``lambda`` (K,) for the Gramian ``G G^T``; ``losses`` is accepted and unused.
+
+    ``max_iter``: FISTA iterations (default 2000 when the loop stops at convergence, 300 as the fixed budget
+    of the sync-free mode). ``early_exit``: read values on the host (argument checks, degenerate-input
+    warnings, stopping at convergence); default: on a CPU only, so that on an accelerator the solve is a
+    fixed sequence of kernels with no host synchronisation.
 
     Example:
         >>> import torch
@@ -80,20 +90,22 @@ def cagrad(
         raise ValueError(f"`alpha` must be a finite number >= 0, got {alpha!r}.")
     if rescale not in (0, 1, 2):
         raise ValueError(f"`rescale` must be one of (0, 1, 2), got {rescale!r}.")
+    sync = host_sync_allowed(gramian, early_exit)
+    max_iter = max_iter if max_iter is not None else (2000 if sync else 300)
     _check_accuracy(max_iter, tol)
-    problem = prepare(gramian, anchor=anchor, losses=losses)
+    problem = prepare(gramian, anchor=anchor, losses=losses, check_values=sync)
     if problem.fallback is not None:
         return problem.fallback
     a, k = problem.gramian, gramian.shape[0]
-    c = alpha * math.sqrt(float(a.mean()) + _EPS) + _EPS
-    w = _solve_dual(a, problem.anchor, c, max_iter, tol)
+    c = alpha * torch.sqrt(a.mean() + _EPS) + _EPS
+    w = _solve_dual(a, problem.anchor, c, max_iter, tol, sync)
     gw_norm = torch.sqrt((w @ a @ w).clamp_min(0.0))
     scale = {0: 1.0, 1: 1.0 + alpha**2, 2: 1.0 + alpha}[rescale]
-    return finish((1.0 + k * c / (gw_norm + _EPS) * w) / scale, gramian)
+    return finish((1.0 + k * c / (gw_norm + _EPS) * w) / scale, gramian, problem.degenerate)
 
 
-def _check_accuracy(max_iter: int, tol: float) -> None:
-    if not (isinstance(max_iter, int) and max_iter >= 1):
+def _check_accuracy(max_iter: int | None, tol: float) -> None:
+    if max_iter is not None and not (isinstance(max_iter, int) and max_iter >= 1):
         raise ValueError(f"`max_iter` must be an integer >= 1, got {max_iter!r}.")
     if not (isinstance(tol, int | float) and tol > 0):
         raise ValueError(f"`tol` must be a number > 0, got {tol!r}.")

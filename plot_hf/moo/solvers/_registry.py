@@ -20,6 +20,7 @@ __all__ = [
     "DegenerateGramianWarning",
     "Solver",
     "UnknownSolverError",
+    "degenerate_gramian",
     "get_solver",
     "register_solver",
 ]
@@ -98,21 +99,26 @@ def get_solver(name: str) -> Solver:
 
 @dataclass
 class Problem:
-    """Validated inputs in float64 on the Gramian's device, or the ``fallback`` to return instead."""
+    """Validated inputs in float64 on the Gramian's device, or the ``fallback`` to return instead.
+
+    ``degenerate`` (sync-free mode only): a 0-d boolean tensor, true when the Gramian is zero or not finite;
+    the solver then runs on a harmless stand-in and :func:`finish` returns ``ones(K)``.
+    """
 
     gramian: Tensor  # symmetrised, float64
     anchor: Tensor  # probability vector, float64
     losses: Tensor | None
     fallback: Tensor | None = None
+    degenerate: Tensor | None = None
 
 
-def _check_vector(value: Tensor | None, name: str, k: int, ref: Tensor) -> Tensor | None:
+def _check_vector(value: Tensor | None, name: str, k: int, ref: Tensor, check_values: bool) -> Tensor | None:
     if value is None:
         return None
     value = torch.as_tensor(value).to(device=ref.device, dtype=torch.float64)
     if value.shape != (k,):
         raise ValueError(f"`{name}` must have shape ({k},) to match the Gramian, got {tuple(value.shape)}.")
-    if not bool(torch.isfinite(value).all()) or bool((value < 0).any()):
+    if check_values and (not bool(torch.isfinite(value).all()) or bool((value < 0).any())):
         raise ValueError(f"`{name}` must be finite and non-negative, got {value.tolist()}.")
     return value
 
@@ -123,10 +129,27 @@ def plain(gramian: Tensor, reason: str) -> Tensor:
     return torch.ones(gramian.shape[0], dtype=gramian.dtype, device=gramian.device)
 
 
+def degenerate_gramian(gramian: Tensor) -> Tensor:
+    """A 0-d boolean tensor, without a host read: the Gramian has a non-finite entry or a zero diagonal
+    (all class gradients zero), or K = 1. These are the cases where every solver returns ``ones(K)``."""
+    diagonal = gramian.diagonal()
+    zero = ~(diagonal.amax() > 0)
+    return zero | ~torch.isfinite(gramian).all() | torch.tensor(gramian.shape[0] == 1, device=gramian.device)
+
+
 def prepare(
-    gramian: Tensor, *, anchor: Tensor | None, losses: Tensor | None, needs_losses: bool = False
+    gramian: Tensor,
+    *,
+    anchor: Tensor | None,
+    losses: Tensor | None,
+    needs_losses: bool = False,
+    check_values: bool = True,
 ) -> Problem:
-    """Check the arguments common to all solvers and detect degenerate Gramians."""
+    """Check the arguments common to all solvers and detect degenerate Gramians.
+
+    ``check_values=False`` (sync-free mode, for accelerators): shapes are checked, values are not read on
+    the host; a degenerate Gramian is flagged in ``Problem.degenerate`` instead of warned about.
+    """
     if not isinstance(gramian, Tensor) or gramian.ndim != 2 or gramian.shape[0] != gramian.shape[1]:
         shape = tuple(gramian.shape) if isinstance(gramian, Tensor) else type(gramian).__name__
         raise ValueError(f"`gramian` must be a square K x K tensor, got {shape}.")
@@ -135,13 +158,13 @@ def prepare(
     k = gramian.shape[0]
     if k == 0:
         raise ValueError("`gramian` must have K >= 1 classes, got a 0 x 0 tensor.")
-    anchor64 = _check_vector(anchor, "anchor", k, gramian)
-    if anchor64 is not None and float(anchor64.sum()) <= 0:
+    anchor64 = _check_vector(anchor, "anchor", k, gramian, check_values)
+    if check_values and anchor64 is not None and float(anchor64.sum()) <= 0:
         raise ValueError(f"`anchor` must have a positive sum, got {anchor64.tolist()}.")
-    losses64 = _check_vector(losses, "losses", k, gramian)
+    losses64 = _check_vector(losses, "losses", k, gramian, check_values)
     if needs_losses and losses64 is None:
         raise ValueError("`losses` (the K class losses) is required by this solver, got None.")
-    if losses64 is not None and needs_losses and float(losses64.sum()) <= 0:
+    if check_values and losses64 is not None and needs_losses and float(losses64.sum()) <= 0:
         raise ValueError(f"`losses` must have a positive sum, got {losses64.tolist()}.")
     a = gramian.detach().to(torch.float64)
     a = 0.5 * (a + a.T)
@@ -150,8 +173,14 @@ def prepare(
     else:
         anchor64 = anchor64 / anchor64.sum()
     problem = Problem(a, anchor64, losses64)
-    if k == 1:
+    if k == 1:  # known from the shape: no host read
         problem.fallback = plain(gramian, "Only one class (K = 1)")
+    elif not check_values:
+        problem.degenerate = degenerate_gramian(a)
+        stand_in = torch.eye(k, dtype=a.dtype, device=a.device)
+        problem.gramian = torch.where(problem.degenerate, stand_in, a)
+        if losses64 is not None:
+            problem.losses = torch.where(problem.degenerate, torch.ones_like(losses64), losses64)
     elif not bool(torch.isfinite(a).all()):
         problem.fallback = plain(gramian, "The Gramian has non-finite entries")
     elif float(a.diagonal().max()) <= 0.0:
@@ -159,9 +188,13 @@ def prepare(
     return problem
 
 
-def finish(coefficients: Tensor, gramian: Tensor) -> Tensor:
-    """Cast back to the Gramian's dtype; non-finite results become ``ones(K)`` with a warning."""
+def finish(coefficients: Tensor, gramian: Tensor, degenerate: Tensor | None = None) -> Tensor:
+    """Cast back to the Gramian's dtype; non-finite results become ``ones(K)`` (a warning when values may
+    be read on the host, i.e. ``degenerate`` is None; else silently, on the device)."""
     out = coefficients.to(dtype=gramian.dtype)
+    if degenerate is not None:
+        bad = degenerate | ~torch.isfinite(out).all()
+        return torch.where(bad, torch.ones_like(out), out)
     if not bool(torch.isfinite(out).all()):
         return plain(gramian, "The solver produced non-finite coefficients")
     return out

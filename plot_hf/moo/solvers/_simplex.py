@@ -1,22 +1,36 @@
 """Shared numerics on the probability simplex: Euclidean projection and an accelerated projected-gradient
 solver (FISTA with backtracking and adaptive restart) with a certified stopping rule.
 
-Everything is vectorised torch on the caller's device; no NumPy or SciPy.
+Everything is vectorised torch on the caller's device; no NumPy or SciPy. The iteration never reads a
+tensor value on the host: backtracking tries a ladder of step sizes at once and picks the first that passes
+with tensor operations, and convergence freezes the state instead of branching. On a CPU the loop still
+stops as soon as it has converged (reading a flag is free there); on an accelerator it runs its fixed
+budget of iterations with no host synchronisation (see :func:`host_sync_allowed`).
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 
 import torch
 from torch import Tensor
 
-__all__ = ["ValueGrad", "largest_eigenvalue", "minimize_on_simplex", "project_simplex"]
+__all__ = ["ValueGrad", "host_sync_allowed", "largest_eigenvalue", "minimize_on_simplex", "project_simplex"]
 
-# value_grad(x, A @ x) -> (f(x), grad f(x), magnitude): "magnitude" is a non-negative size of the terms of f
-# at x, used to make the stopping tolerance relative.
+# value_grad(X, X @ A) -> (f, grad f, magnitude) for a batch of points X (rows): "magnitude" is a
+# non-negative size of the terms of f at each point, used to make the stopping tolerance relative.
 ValueGrad = Callable[[Tensor, Tensor], tuple[Tensor, Tensor, Tensor]]
+
+_LADDER = 6  # step sizes tried at once per iteration: 1 / (L * 2^j), j = -1 .. 4
+
+
+def host_sync_allowed(tensor: Tensor, early_exit: bool | None = None) -> bool:
+    """Whether a solver may read values on the host: ``early_exit`` if given, else only for CPU tensors.
+
+    On a CPU a host read costs nothing; on an accelerator it stalls the queue of kernels, so the solvers run
+    a fixed budget of iterations there and report degenerate input through their output instead.
+    """
+    return tensor.device.type == "cpu" if early_exit is None else bool(early_exit)
 
 
 def project_simplex(v: Tensor) -> Tensor:
@@ -28,7 +42,7 @@ def project_simplex(v: Tensor) -> Tensor:
     u = torch.sort(v, dim=-1, descending=True).values
     css = u.cumsum(dim=-1) - 1.0
     idx = torch.arange(1, k + 1, dtype=v.dtype, device=v.device)
-    rho = (u - css / idx > 0).sum(dim=-1, keepdim=True)  # >= 1: the first entry always qualifies
+    rho = (u - css / idx > 0).sum(dim=-1, keepdim=True).clamp_min(1)  # >= 1: the first entry qualifies
     theta = css.gather(-1, rho - 1) / rho.to(v.dtype)
     return (v - theta).clamp_min(0.0)
 
@@ -47,50 +61,70 @@ def minimize_on_simplex(
     value_grad: ValueGrad,
     x0: Tensor,
     *,
-    lipschitz: float,
+    lipschitz: Tensor | float,
     max_iter: int,
     tol: float,
-    floor: float = 0.0,
+    floor: Tensor | float = 0.0,
+    early_exit: bool | None = None,
 ) -> Tensor:
     """Minimise a smooth convex ``f(x)`` that depends on ``x`` through ``x`` and ``A x`` over the simplex.
 
-    FISTA (Beck & Teboulle 2009) with backtracking on the Lipschitz constant (starting from ``lipschitz``,
-    halved growth-free decrease after successful steps) and gradient-based adaptive restart (O'Donoghue &
-    Candes 2015). ``A y`` at the extrapolated point is obtained by linearity, so each iteration costs one
-    matrix-vector product. Stops when the Frank-Wolfe gap ``g^T x - min_k g_k`` (an upper bound on
-    ``f(x) - f*`` for convex ``f``) is at most ``tol * max(|f(x)|, magnitude(x), floor)``. Returns the best iterate.
+    FISTA (Beck & Teboulle 2009) with gradient-based adaptive restart (O'Donoghue & Candes 2015). Each
+    iteration tries the steps ``1 / (L 2^j)``, ``j = -1..4``, from the extrapolated point ``y`` at once and
+    keeps the longest that satisfies ``(g(x+) - g(y))^T d <= L_j / 2 ||d||^2`` (which implies the descent
+    lemma ``f(x+) <= f(y) + g^T d + L_j / 2 ||d||^2`` for convex ``f`` and, unlike it, is free of
+    cancellation near the optimum); its ``L_j`` becomes the next ``L`` (``L`` adapts in both directions). ``A y`` is obtained by
+    linearity, so each iteration costs one ``K x K x 6`` matrix product. Converged when the Frank-Wolfe gap
+    ``g^T x - min_k g_k`` (an upper bound on ``f(x) - f*`` for convex ``f``) is at most
+    ``tol * max(|f(x)|, magnitude(x), floor)``; from then on the state is frozen. Returns the best iterate.
+    ``early_exit``: stop the loop at convergence (a host read per iteration; default: on a CPU only).
     """
+    dtype, device = a.dtype, a.device
+    ladder = torch.tensor([2.0**j for j in range(-1, _LADDER - 1)], dtype=dtype, device=device)
+    lip = torch.as_tensor(lipschitz, dtype=dtype, device=device).clamp_min(1e-300)
+    floor = torch.as_tensor(floor, dtype=dtype, device=device)
+    stop_early = host_sync_allowed(a, early_exit)
+
     x = project_simplex(x0)
     ax = a @ x
-    f, g, _ = value_grad(x, ax)
-    y, ay, fy, gy = x, ax, f, g
-    t, lip = 1.0, max(float(lipschitz), 1e-300)
-    best_x, best_f = x, math.inf
+    _, g, _ = (t[0] for t in value_grad(x[None], ax[None]))
+    y, ay, gy = x, ax, g
+    t = torch.ones((), dtype=dtype, device=device)
+    best_x, best_f = x, torch.full((), torch.inf, dtype=dtype, device=device)
+    done = torch.zeros((), dtype=torch.bool, device=device)
     for _ in range(max_iter):
-        for _ in range(60):  # backtracking
-            x_new = project_simplex(y - gy / lip)
-            ax_new = a @ x_new
-            f_new, g_new, mag = value_grad(x_new, ax_new)
-            d = x_new - y
-            bound = fy + gy @ d + 0.5 * lip * (d @ d)
-            gap = g_new @ x_new - g_new.min()
-            stats = torch.stack([f_new, bound, gap, mag, d.abs().max()]).tolist()
-            f_val, bound_val, gap_val, mag_val, step = stats
-            # rounding allowance: f is a sum of terms of size ~ max(mag, floor)
-            if f_val <= bound_val + 1e-12 * max(abs(bound_val), mag_val, floor) or step == 0.0:
-                break
-            lip *= 2.0
-        if f_val < best_f:
-            best_x, best_f = x_new, f_val
-        if not math.isfinite(f_val) or gap_val <= tol * max(abs(f_val), mag_val, floor):
+        lips = lip * ladder  # (J,)
+        cand = project_simplex(y[None] - gy[None] / lips[:, None])  # (J, K)
+        a_cand = cand @ a  # A symmetric: rows are A x_j
+        f_c, g_c, mag_c = value_grad(cand, a_cand)
+        d = cand - y[None]
+        # Sufficient decrease without cancellation: for convex f, f(y+d) - f(y) - g(y)^T d
+        # <= (g(y+d) - g(y))^T d, so (g(y+d) - g(y))^T d <= L/2 ||d||^2 implies the descent lemma.
+        curvature = ((g_c - gy[None]) * d).sum(dim=1)
+        passed = (curvature <= 0.5 * lips * (d * d).sum(dim=1)) | (d.abs().amax(dim=1) == 0)
+        passed[-1] = True  # the shortest step: accepted if nothing else passes
+        j = torch.argmax(passed.to(torch.int8)).reshape(1)  # the first (longest step) that passes
+        # index_select, not cand[j]: indexing with a 0-d tensor would read it on the host
+        x_new, ax_new, g_new = (t.index_select(0, j)[0] for t in (cand, a_cand, g_c))
+        f_new, mag, lip_new = (t.index_select(0, j)[0] for t in (f_c, mag_c, lips))
+        gap = g_new @ x_new - g_new.min()
+
+        improved = (f_new < best_f) & ~done
+        best_x = torch.where(improved, x_new, best_x)
+        best_f = torch.where(improved, f_new, best_f)
+        done = done | ~torch.isfinite(f_new) | (gap <= tol * torch.maximum(f_new.abs(), torch.maximum(mag, floor)))
+        if stop_early and bool(done):
             break
-        if float((y - x_new) @ (x_new - x)) > 0:  # restart: momentum points uphill
-            t = 1.0
-        t_new = 0.5 * (1.0 + math.sqrt(1.0 + 4.0 * t * t))
+        restart = (y - x_new) @ (x_new - x) > 0  # momentum points uphill
+        t = torch.where(restart, torch.ones_like(t), t)
+        t_new = 0.5 * (1.0 + torch.sqrt(1.0 + 4.0 * t * t))
         beta = (t - 1.0) / t_new
-        y = x_new + beta * (x_new - x)
-        ay = ax_new + beta * (ax_new - ax)
-        fy, gy, _ = value_grad(y, ay)
-        x, ax, t = x_new, ax_new, t_new
-        lip *= 0.9
+        y_next, ay_next = x_new + beta * (x_new - x), ax_new + beta * (ax_new - ax)
+        gy_next = value_grad(y_next[None], ay_next[None])[1][0]
+        keep = done  # frozen once converged: the remaining iterations change nothing
+        y, ay = torch.where(keep, y, y_next), torch.where(keep, ay, ay_next)
+        gy = torch.where(keep, gy, gy_next)
+        x, ax = torch.where(keep, x, x_new), torch.where(keep, ax, ax_new)
+        t = torch.where(keep, t, t_new)
+        lip = torch.where(keep, lip, lip_new)
     return best_x
