@@ -17,6 +17,7 @@ the backbone):
 
 from __future__ import annotations
 
+import inspect
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -36,6 +37,7 @@ from .distributed import (
 from .moo import (
     DirectionSlot,
     StageReplay,
+    all_finite,
     conflict_fraction,
     gradient_is_finite,
     gramian,
@@ -48,7 +50,7 @@ from .moo import (
 from .moo.amortised import CoefficientCache, weighted_gradient
 from .moo.gradients import unflatten
 from .moo.sketch import frozen_batch_stats, sketch_gramian
-from .moo.solvers import DegenerateGramianWarning, get_solver
+from .moo.solvers import DegenerateGramianWarning, degenerate_gramian, get_solver
 from .moo.split import SplitCapture
 
 
@@ -69,11 +71,11 @@ class MOOParameters:
 class StepDiagnostics:
     """What one PLOT step reports to the logs."""
 
-    num_classes: float
-    coef_std: float
-    conflict_fraction: float
-    degenerate: float
-    vc_loss: float
+    num_classes: float | torch.Tensor
+    coef_std: float | torch.Tensor
+    conflict_fraction: float | torch.Tensor
+    degenerate: float | torch.Tensor
+    vc_loss: float | torch.Tensor
     extras: dict[str, float] = field(default_factory=dict)
 
 
@@ -94,10 +96,11 @@ class PLOTStep:
     class_to_group: torch.Tensor | None = None
     reducer: CrossRank | None = None
     all_class_rows: bool = False
+    host_reads: bool | None = None
     _replay: StageReplay | None = None
     _cache: CoefficientCache | None = None
     _split: SplitCapture | None = None
-    _last_conflict: float = 0.0
+    _last_conflict: float | torch.Tensor = 0.0
 
     def run(
         self,
@@ -122,10 +125,16 @@ class PLOTStep:
         ``grad_scale`` is the fp16 loss-scaler's scale: gradients computed here by hand (SAM, per-class) are taken
         of ``grad_scale x objective`` and divided by it, as the scaler does for the final backward.
         Under DDP (``reducer`` active) the step is defined on the global batch (:mod:`plot_hf.distributed`).
+
+        Host reads: with ``host_reads`` False (default on accelerators) the step reads one value on the
+        host, the set of classes present in the batch (it fixes K, the number of per-class backward passes):
+        finiteness gates, the solver and the diagnostics stay on the device (the diagnostics are read when
+        the trainer logs). On a CPU (default ``host_reads`` True) reads are free and the solvers stop early.
         """
         if self._replay is None:
             self._replay = StageReplay(unwrapped, self.moo.stage_name)
         replay = self._replay
+        host_reads = self.host_reads if self.host_reads is not None else pixel_values.device.type == "cpu"
 
         with replay.record(), forward_context():
             logits = logits_of(model(pixel_values=pixel_values))
@@ -149,7 +158,10 @@ class PLOTStep:
                 sam_grads = [g.float() / grad_scale for g in sam_grads]
             if reducer is not None:  # the global batch's ascent direction: eps identical on every rank
                 sam_grads = reducer.sum_list(sam_grads)
-            if gradient_is_finite(sam_grads):  # one host synchronisation for all tensors
+            if not host_reads:  # fp16 overflow: no perturbation (zero ascent direction), decided on the device
+                finite = all_finite(sam_grads)
+                epsilon = sam_epsilon([torch.where(finite, g, torch.zeros_like(g)) for g in sam_grads], self.rho)
+            elif gradient_is_finite(sam_grads):  # one host read for all tensors
                 epsilon = sam_epsilon(sam_grads, self.rho)
             else:  # fp16 overflow: skip the perturbation, never poison the weights
                 epsilon = [torch.zeros_like(p) for p in params]
@@ -161,8 +173,9 @@ class PLOTStep:
             replace_gradient(p + e.detach(), slot) for p, e, slot in zip(params, epsilon, slots, strict=True)
         ]
         overrides: dict[str, torch.Tensor] = dict(zip(self.moo.names, perturbed, strict=True))
-        # Fresh copies of the buffers: the replayed forward must not update running statistics a second time.
-        overrides.update({name: b.clone() for name, b in unwrapped.named_buffers()})
+        # Fresh copies of the buffers that the replayed forward runs (the stage and after): it must not update
+        # running statistics a second time. Replayed modules do not run: their buffers need no copy.
+        overrides.update({name: b.clone() for name, b in replay.recomputed_buffers().items()})
         split = self._split_capture(unwrapped)
         with replay.replay(), autocast(), split.capture() if split is not None else _null():
             perturbed_logits = logits_of(functional_call(unwrapped, overrides, args=(), kwargs={"pixel_values": pixel_values}))
@@ -214,21 +227,28 @@ class PLOTStep:
                 warnings.simplefilter("always", DegenerateGramianWarning)
                 # fp16 overflow in G: NaN coefficients, so the loss scaler skips the step and lowers its scale.
                 # A NaN/inf loss: NaN coefficients too, so that plot_hf.guard skips the optimizer step.
-                finite = gradient_is_finite([gram, objectives.detach()])
-                solver = get_solver(self.solver_name) if finite else _nan_coefficients
-                coefficients = solver(
-                    gram.double(),
-                    losses=(objectives.detach() if reducer is None else reducer.sum_(objectives.detach().clone())).double(),
-                    anchor=anchor_for(classes),
-                    **self.solver_kwargs,
-                ).float()
-            degenerate = sum(issubclass(w.category, DegenerateGramianWarning) for w in caught)
+                losses_k = (objectives.detach() if reducer is None else reducer.sum_(objectives.detach().clone())).double()
+                if host_reads or not _takes_early_exit(self.solver_name):
+                    finite = gradient_is_finite([gram, objectives.detach()])
+                    solver = get_solver(self.solver_name) if finite else _nan_coefficients
+                    coefficients = solver(gram.double(), losses=losses_k, anchor=anchor_for(classes), **self.solver_kwargs)
+                else:  # no host read: the solver runs a fixed budget; non-finite input -> NaN coefficients
+                    finite_flag = all_finite([gram, objectives.detach()])
+                    coefficients = get_solver(self.solver_name)(
+                        gram.double(), losses=losses_k, anchor=anchor_for(classes), early_exit=False, **self.solver_kwargs
+                    )
+                    coefficients = torch.where(finite_flag, coefficients, torch.full_like(coefficients, float("nan")))
+                    finite, degenerate = None, degenerate_gramian(gram).float()  # read when the trainer logs
+                coefficients = coefficients.float()
+            degenerate = degenerate + sum(issubclass(w.category, DegenerateGramianWarning) for w in caught)
             for w in caught:
                 if not issubclass(w.category, DegenerateGramianWarning):
                     warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
-            if finite:  # never reuse NaN coefficients in the amortised steps
+            if self.solve_every > 1 and finite is True:  # never reuse NaN coefficients in the amortised steps
                 self._cache.store(classes, coefficients)
-            self._last_conflict = float(conflict_fraction(gram))
+            elif self.solve_every > 1 and finite is None:  # sync-free: a failed solve leaves the plain 1.0
+                self._cache.store(classes, torch.nan_to_num(coefficients, nan=1.0))
+            self._last_conflict = conflict_fraction(gram).detach()  # a tensor: read when the trainer logs
         else:  # amortised: the last coefficients of these classes (1.0 if never solved for)
             coefficients = self._cache.lookup(classes, torch.float32)
 
@@ -259,10 +279,10 @@ class PLOTStep:
 
         diagnostics = StepDiagnostics(
             num_classes=float(classes.numel()),
-            coef_std=float(coefficients.std()) if coefficients.numel() > 1 else 0.0,
+            coef_std=coefficients.std().detach() if coefficients.numel() > 1 else 0.0,
             conflict_fraction=self._last_conflict,
-            degenerate=float(degenerate),
-            vc_loss=float(vc.detach()),
+            degenerate=degenerate,
+            vc_loss=vc.detach(),
         )
         return clean_loss.detach(), diagnostics
 
@@ -298,6 +318,12 @@ class PLOTStep:
         if self._split is None:
             self._split = SplitCapture(unwrapped, self.moo.stage_name, self.moo.names)
         return self._split
+
+
+def _takes_early_exit(solver_name: str) -> bool:
+    """Whether the solver has a sync-free mode (an ``early_exit`` argument): CAGrad and MGDA do; EPO's
+    simplex method chooses its pivots on the host."""
+    return "early_exit" in inspect.signature(get_solver(solver_name)).parameters
 
 
 def _nan_coefficients(gram: torch.Tensor, **_: object) -> torch.Tensor:

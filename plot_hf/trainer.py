@@ -82,7 +82,7 @@ class PLOTTrainer(Trainer):
             class_to_group = frequency_groups(self.class_counts, self.args.moo_class_groups)
             self._anchor_table = group_anchor_table(self._anchor_table, class_to_group)
         self._plot_step: PLOTStep | None = None
-        self._plot_logs: dict[str, list[float]] = defaultdict(list)
+        self._plot_logs: dict[str, list[float | torch.Tensor]] = defaultdict(list)
         if self.args.plot_enabled:
             moo = resolve_moo_parameters(unwrapped, self.args.moo_modules)
             self.gradient_method = resolve_gradient_method(
@@ -320,8 +320,9 @@ class PLOTTrainer(Trainer):
         if "loss" in logs and self.args.plot_enabled:
             logs["plot/skipped_steps"] = float(self.nonfinite_guard.skipped)
         if self._plot_logs and "loss" in logs:
-            for key, values in self._plot_logs.items():
-                logs[key] = float(np.mean(values)) if key != "plot/degenerate" else float(np.sum(values))
+            for key, values in self._plot_logs.items():  # step values may be device tensors: read them now
+                numbers = [float(v) for v in values]
+                logs[key] = float(np.mean(numbers)) if key != "plot/degenerate" else float(np.sum(numbers))
             self._plot_logs.clear()
         super().log(logs, *args, **kwargs)
 

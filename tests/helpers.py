@@ -54,12 +54,13 @@ class HostReadError(AssertionError):
 
 
 @contextmanager
-def forbid_host_reads():
+def forbid_host_reads(allow: tuple[str, ...] = ()):
     """Make every Python-level way of reading a tensor's value on the host raise :class:`HostReadError`.
 
     On an accelerator each of these is a device-to-host synchronisation: ``item``, ``tolist``, ``bool`` /
     ``float`` / ``int`` of a tensor, ``nonzero`` / ``unique`` / ``masked_select`` (data-dependent shapes),
     and indexing with a boolean mask or a 0-d tensor (PyTorch reads such an index as an integer).
+    ``allow``: names of these (e.g. ``"unique"``) to leave alone.
     """
     saved: list[tuple[object, str, object]] = []
 
@@ -83,9 +84,11 @@ def forbid_host_reads():
         return original_getitem(self, index)
 
     for name in ("item", "tolist", "__bool__", "__float__", "__int__", "nonzero", "unique", "masked_select"):
-        patch(torch.Tensor, name, refuse(f"Tensor.{name}"))
+        if name not in allow:
+            patch(torch.Tensor, name, refuse(f"Tensor.{name}"))
     for name in ("nonzero", "unique", "masked_select"):
-        patch(torch, name, refuse(f"torch.{name}"))
+        if name not in allow:
+            patch(torch, name, refuse(f"torch.{name}"))
     patch(torch.Tensor, "__getitem__", getitem)
     try:
         yield

@@ -15,7 +15,7 @@ from plot_hf.moo import get_solver
 from plot_hf.step import PLOTStep
 from plot_hf.trainer import class_prior_anchor, resolve_moo_parameters
 
-from .helpers import Wrapper
+from .helpers import Wrapper, forbid_host_reads
 
 RHO, VC = 0.05, 0.1
 
@@ -66,8 +66,10 @@ class _Null:
         return False
 
 
-@pytest.mark.parametrize("keep_fraction", [0.0, 0.5])
-def test_plot_step_equals_reference_step(device, keep_fraction):
+@pytest.mark.parametrize(("keep_fraction", "host_reads"), [(0.0, True), (0.5, True), (0.5, False)])
+def test_plot_step_equals_reference_step(device, keep_fraction, host_reads):
+    """Also in the accelerators' mode (``host_reads=False``): the only value read on the host is the set of
+    classes present (``torch.unique``); the solver, the finiteness gates and the diagnostics stay on the device."""
     torch.manual_seed(0)
     counts = [50, 30, 20, 12, 8, 5]
     model = Wrapper(timm.create_model("resnet32_cifar", num_classes=6)).to(device).train()
@@ -80,19 +82,20 @@ def test_plot_step_equals_reference_step(device, keep_fraction):
     moo = resolve_moo_parameters(model, None)
     assert moo.stage_name == "timm_model.layer3"
     step = PLOTStep(moo=moo, solver_name="cagrad", solver_kwargs={"alpha": 0.5, "rescale": 1}, rho=RHO,
-                    keep_fraction=keep_fraction, vc_weight=VC)
+                    keep_fraction=keep_fraction, vc_weight=VC, host_reads=host_reads)
     table = class_prior_anchor(counts)
 
     def anchor_for(classes):
         a = table.to(classes.device)[classes].double()
         return a / a.sum()
 
-    clean, diagnostics = step.run(
-        model=model, unwrapped=model, pixel_values=x, group_labels=y,
-        per_sample_loss=lambda logits: F.cross_entropy(logits, y, reduction="none"),
-        anchor_for=anchor_for, backward=lambda loss: loss.backward(), loss_scale=1.0,
-        autocast=_Null, forward_context=_Null,
-    )
+    with _Null() if host_reads else forbid_host_reads(allow=("unique",)):
+        clean, diagnostics = step.run(
+            model=model, unwrapped=model, pixel_values=x, group_labels=y,
+            per_sample_loss=lambda logits: F.cross_entropy(logits, y, reduction="none"),
+            anchor_for=anchor_for, backward=lambda loss: loss.backward(), loss_scale=1.0,
+            autocast=_Null, forward_context=_Null,
+        )
     torch.testing.assert_close(clean, expected_clean)
     for name, p in model.named_parameters():
         torch.testing.assert_close(p.grad, expected[name], rtol=2e-4, atol=1e-6, msg=name)

@@ -4,7 +4,7 @@ the variability-collapse loss, and the gradient replacement that applies a solve
 from .gradients import conflict_fraction, flatten, gramian, per_class_gradients, unflatten
 from .objectives import per_class_objectives, variability_collapse_loss
 from .replay import StageReplay
-from .sam import gradient_is_finite, perturbed, sam_epsilon
+from .sam import all_finite, gradient_is_finite, perturbed, sam_epsilon
 from .solvers import SOLVERS, DegenerateGramianWarning, UnknownSolverError, get_solver, register_solver
 from .surrogate import DirectionSlot, replace_gradient
 
@@ -17,6 +17,7 @@ __all__ = [
     "conflict_fraction",
     "flatten",
     "get_solver",
+    "all_finite",
     "gradient_is_finite",
     "gramian",
     "per_class_gradients",

@@ -43,6 +43,7 @@ class StageReplay:
                 if child is not self.stage and id(child) not in ancestor_ids:
                     self._children.append(child)
         self._outputs: dict[int, deque] = defaultdict(deque)
+        self._run_after_stage: set[int] = set()
         self._stage_input: torch.Tensor | None = None
         self._stage_started = False
         self._verified = False
@@ -51,12 +52,15 @@ class StageReplay:
     def record(self) -> Iterator[None]:
         """Within this context, a forward of ``root`` records what the stage needs."""
         self._outputs.clear()
+        self._run_after_stage.clear()
         self._stage_input = None
         self._stage_started = False
 
         def on_output(module: nn.Module, args: tuple, output: object) -> None:
             if not self._stage_started:
                 self._outputs[id(module)].append(output)
+            else:
+                self._run_after_stage.add(id(module))
 
         def on_stage(module: nn.Module, args: tuple) -> None:
             if self._stage_started:
@@ -73,6 +77,25 @@ class StageReplay:
                 handle.remove()
         if not self._stage_started:
             raise RuntimeError(f"The MOO stage `{self.stage_name}` did not run in the forward pass.")
+
+    def recomputed_buffers(self) -> dict[str, torch.Tensor]:
+        """The buffers of the modules that run again in a replayed forward (the stage, what follows it, and
+        anything before it that was not recorded), by name: the ones a replayed forward could update.
+        Buffers of replayed modules are left out: their forward does not run."""
+        replayed = {
+            id(child) for child in self._children if self._outputs.get(id(child)) and id(child) not in self._run_after_stage
+        }
+        skipped: set[int] = set()
+        for module in self.root.modules():
+            if id(module) in replayed:
+                skipped.update(id(m) for m in module.modules())
+        buffers: dict[str, torch.Tensor] = {}
+        for module_name, module in self.root.named_modules():
+            if id(module) in skipped:
+                continue
+            for name, buffer in module.named_buffers(recurse=False):
+                buffers[f"{module_name}.{name}" if module_name else name] = buffer
+        return buffers
 
     @property
     def stage_input(self) -> torch.Tensor | None:

@@ -25,9 +25,14 @@ def sam_epsilon(grads: Sequence[torch.Tensor], rho: float, eps: float = 1e-12) -
     return [g * scale.to(g.dtype) for g in grads]
 
 
+def all_finite(grads: Sequence[torch.Tensor]) -> torch.Tensor:
+    """A 0-d boolean tensor (no host read): every entry of every tensor is finite."""
+    return torch.stack([torch.isfinite(g).all() for g in grads]).all()
+
+
 def gradient_is_finite(grads: Sequence[torch.Tensor]) -> bool:
     """True when every entry of every tensor is finite (one synchronisation)."""
-    return bool(torch.stack([torch.isfinite(g).all() for g in grads]).all())
+    return bool(all_finite(grads))
 
 
 @contextmanager

@@ -13,6 +13,7 @@ from ._registry import (
     Solver,
     SolverRegistry,
     UnknownSolverError,
+    degenerate_gramian,
     get_solver,
     register_solver,
 )
@@ -26,6 +27,7 @@ __all__ = [
     "UnknownSolverError",
     "cagrad",
     "cagrad_objective",
+    "degenerate_gramian",
     "epo",
     "epo_lp",
     "get_solver",
