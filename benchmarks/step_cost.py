@@ -22,6 +22,7 @@ import sys
 import threading
 import time
 from contextlib import nullcontext
+from pathlib import Path
 
 import numpy as np
 import timm
@@ -36,6 +37,9 @@ from plot_hf.moo.sketch import frozen_batch_stats, sketch_gramian
 from plot_hf.moo.solvers import SOLVERS, cagrad_objective
 from plot_hf.step import PLOTStep
 from plot_hf.trainer import class_prior_anchor, resolve_moo_parameters
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `benchmarks.references` when run as a script
+from benchmarks.references import clarabel_cagrad, clarabel_min_norm, gramian  # noqa: E402
 
 DEFAULT_MODE = "exact (loop)"  # moo_gradient_method="auto" on this BN ResNet-32 on a CPU; moo_solve_every=1
 
@@ -259,52 +263,38 @@ def _memory_child(cfg: dict, name: str, num_classes: int, present: int) -> float
 
 
 # ------------------------------------------------------------------------------------------------ solvers
-def solver_table(ks: tuple[int, ...]) -> list[tuple]:
+def solver_table(ks: tuple[int, ...], reference_up_to: int) -> list[tuple]:
+    """(family, K, solver, median ms of 3, relative objective gap to Clarabel) per solver. Families: "random"
+    (rank-64 + noise: for K >~ 300 the hull nearly contains 0, the hard case for MGDA) and "common" (plus a
+    shared direction, as real per-class gradients have). Gap > 0: ours is worse; EPO's LP is checked
+    against HiGHS in the tests (tests/test_epo_lp.py)."""
     rows = []
-    for k in ks:
-        gen = torch.Generator().manual_seed(k)
-        basis = torch.randn(min(k, 64), 512, generator=gen, dtype=torch.float64)
-        g = torch.randn(k, min(k, 64), generator=gen, dtype=torch.float64) @ basis + 0.3 * torch.randn(
-            k, 512, generator=gen, dtype=torch.float64)
-        a = g @ g.T
-        anchor = torch.as_tensor(np.random.default_rng(k).dirichlet(np.ones(k)))
-        for name in ("cagrad", "mgda", "epo"):
-            kwargs = {"anchor": anchor} if name == "cagrad" else {}
-            if name == "epo":
-                kwargs["losses"] = torch.rand(k, generator=gen, dtype=torch.float64) + 0.5
-            SOLVERS[name](a, **kwargs)
-            start = time.perf_counter()
-            lam = SOLVERS[name](a, **kwargs)
-            elapsed = time.perf_counter() - start
-            gap = float("nan")
-            if name == "cagrad" and k <= 300:
-                c = 0.5 * math.sqrt(float(a.mean()) + 1e-8) + 1e-8
-                w_ref = _feasible(torch.as_tensor(slsqp_cagrad(a.numpy(), anchor.numpy(), starts=3 if k <= 100 else 1)))
-                gw_norm_coeffs = lam * (1 + 0.25) - 1  # = K c w / ||G^T w||: recover w on the simplex
-                w = (gw_norm_coeffs / gw_norm_coeffs.sum()).clamp_min(0)
-                ours, ref = float(cagrad_objective(w, a, anchor, c)), float(cagrad_objective(w_ref, a, anchor, c))
-                gap = (ours - ref) / abs(ref)
-            elif name == "mgda" and k <= 300:
-                w_ref = _feasible(torch.as_tensor(_slsqp_min_norm(a.numpy()))).numpy()
-                w = lam / lam.sum()
-                ref = float(w_ref @ a.numpy() @ w_ref)
-                gap = (float(w @ a @ w) - ref) / abs(ref)
-            rows.append((k, name, elapsed * 1e3, gap))
+    for family, common in (("random", 0.0), ("common", 1.0)):
+        for k in ks:
+            a = gramian(k, common, seed=k)
+            anchor = torch.as_tensor(np.random.default_rng(k).dirichlet(np.ones(k)))
+            losses = torch.rand(k, generator=torch.Generator().manual_seed(k), dtype=torch.float64) + 0.5
+            for name in ("cagrad", "mgda", "epo"):
+                kwargs = {"cagrad": {"anchor": anchor}, "mgda": {}, "epo": {"losses": losses}}[name]
+                times = []
+                for _ in range(3):
+                    start = time.perf_counter()
+                    lam = SOLVERS[name](a, **kwargs)
+                    times.append(time.perf_counter() - start)
+                gap = float("nan")
+                if name == "cagrad" and k <= reference_up_to:
+                    c = 0.5 * math.sqrt(float(a.mean()) + 1e-8) + 1e-8
+                    scaled = lam * (1 + 0.25) - 1  # = K c w / ||G^T w||: recover w on the simplex
+                    w = (scaled / scaled.sum()).clamp_min(0)
+                    ours = float(cagrad_objective(w, a, anchor, c))
+                    ref = clarabel_cagrad(a.numpy(), anchor.numpy(), c)
+                    gap = (ours - ref) / abs(ref)
+                elif name == "mgda" and k <= reference_up_to:
+                    w = lam / lam.sum()
+                    ref = clarabel_min_norm(a.numpy())
+                    gap = (float(w @ a @ w) - ref) / abs(ref)
+                rows.append((family, k, name, statistics.median(times) * 1e3, gap))
     return rows
-
-
-def _feasible(w: torch.Tensor) -> torch.Tensor:
-    """SLSQP's answer put back on the simplex (it violates sum(w) = 1 by up to ~1e-4, which would flatter it)."""
-    w = w.clamp_min(0)
-    return w / w.sum()
-
-
-def _slsqp_min_norm(a: np.ndarray) -> np.ndarray:
-    k = a.shape[0]
-    res = minimize(lambda w: w @ a @ w, np.ones(k) / k, jac=lambda w: 2 * a @ w, bounds=[(0, 1)] * k,
-                   constraints={"type": "eq", "fun": lambda w: 1 - w.sum()}, method="SLSQP",
-                   options={"maxiter": 1000, "ftol": 1e-15})
-    return res.x
 
 
 # ------------------------------------------------------------------------------------------------ fidelity
@@ -401,6 +391,16 @@ def main(argv: list[str] | None = None) -> None:
             gn = f"{t / med['vanilla (GN)']:.2f}x" if "GN" in n else ""
             print(f"| {n} | {t:.3f} | {t / med['vanilla']:.2f}x | {gn} |")
         sys.stdout.flush()
+    big = cfg["classes"][-1]
+    plot_epochs, epochs = 30, 200  # recipes/cifar100_lt.yaml: moo_until_epoch 30 of num_train_epochs 200
+    print(f"\n## whole-training overhead of the CIFAR-100-LT recipe (PLOT for {plot_epochs} of {epochs} epochs), "
+          f"projected from the step ratios at {big} classes\n")
+    print("| mode | PLOT step / vanilla | training / vanilla |\n|---|---|---|")
+    for n in (DEFAULT_MODE, "exact (batched)", "per_sample_split (GN)"):
+        if n in ratios[big]:
+            step_ratio = ratios[big][n] / (ratios[big]["vanilla (GN)"] if "GN" in n else 1.0)
+            overall = (plot_epochs * step_ratio + epochs - plot_epochs) / epochs
+            print(f"| {n}{' (default)' if n == DEFAULT_MODE else ''} | {step_ratio:.2f}x | {overall:.2f}x |")
     if cfg["mem"]:
         big, present = cfg["classes"][-1], cfg["present"][-1]
         print(f"\n## peak memory per step, {big} classes (RSS growth over 2 steps, sampled at 1 kHz, fresh process)\n")
@@ -413,10 +413,10 @@ def main(argv: list[str] | None = None) -> None:
             base = mem["vanilla (GN)"] if "GN" in n and "vanilla (GN)" in mem else mem["vanilla"]
             print(f"| {n} | {mem[n]:.0f} | {mem[n] / base:.2f}x |")
             sys.stdout.flush()
-    print("\n## solvers (float64 CPU; gap = relative dual-objective excess over scipy SLSQP multi-start)\n")
-    print("| K | solver | ms | gap |\n|---|---|---|---|")
-    for k, name, ms, gap in solver_table(cfg["solver_ks"]):
-        print(f"| {k} | {name} | {ms:.1f} | {'' if math.isnan(gap) else f'{gap:.1e}'} |")
+    print("\n## solvers (float64 CPU, median of 3; gap = relative objective excess over Clarabel, < 0: ours lower)\n")
+    print("| Gramian | K | solver | ms | gap |\n|---|---|---|---|---|")
+    for family, k, name, ms, gap in solver_table(cfg["solver_ks"], cfg["solver_ks"][-1]):
+        print(f"| {family} | {k} | {name} | {ms:.1f} | {'' if math.isnan(gap) else f'{gap:.1e}'} |")
     print(f"\n## fidelity: median cosine to the exact CAGrad direction ({cfg['pretrain']} SGD steps of pre-training, "
           f"{cfg['fid_batches']} batches)\n")
     fids = {c: fidelity(cfg, c, p) for c, p in zip(cfg["classes"], cfg["present"], strict=True)}
@@ -425,7 +425,6 @@ def main(argv: list[str] | None = None) -> None:
     for n in names:
         print(f"| {n} | " + " | ".join(f"{fids[c].get(n, float('nan')):.4f}" for c in fids) + " |")
     print("| per_sample_split (GN) | exact (tests: 1e-5) | exact |")
-    big = cfg["classes"][-1]
     r = ratios[big]
     print(f"\ndefault-mode step / vanilla step at {big} classes: {r[DEFAULT_MODE]:.2f}x "
           f"(exact: {r['exact (loop)']:.2f}x, reference-style: {r['reference-style']:.2f}x)")

@@ -1,0 +1,69 @@
+"""High-accuracy references for the solver tests and the benchmark: Clarabel's interior-point method on the
+conic form of each problem (independent of the project's solvers), and the Gramian families they are run on."""
+
+from __future__ import annotations
+
+import clarabel
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+from plot_hf.moo.solvers import cagrad_objective
+
+__all__ = ["clarabel_cagrad", "clarabel_min_norm", "gramian"]
+
+
+def gramian(k: int, common: float, seed: int) -> torch.Tensor:
+    """``G G^T`` for K class gradients in 512 dimensions: a rank-64 part plus noise, plus (``common > 0``) a
+    shared direction as in real per-class gradients. Without it, for K >~ 300 the hull nearly contains 0."""
+    gen = torch.Generator().manual_seed(seed)
+    r = min(k, 64)
+    g = torch.randn(k, r, generator=gen, dtype=torch.float64) @ torch.randn(r, 512, generator=gen, dtype=torch.float64)
+    g = g + 0.3 * torch.randn(k, 512, generator=gen, dtype=torch.float64)
+    g = g + common * 8.0 * torch.randn(512, generator=gen, dtype=torch.float64)
+    return g @ g.T
+
+
+def _settings() -> clarabel.DefaultSettings:
+    settings = clarabel.DefaultSettings()
+    settings.verbose = False
+    settings.tol_gap_abs = settings.tol_gap_rel = settings.tol_feas = 1e-9  # 1e-10: "AlmostSolved"
+    settings.max_iter = 500
+    return settings
+
+
+def clarabel_min_norm(a: np.ndarray) -> float:
+    """``min w^T A w`` over the simplex, as a QP: ``1/2 w^T (2A) w`` s.t. ``1^T w = 1`` (zero cone), ``w >= 0``."""
+    k = a.shape[0]
+    constraints = sp.vstack([sp.csc_matrix(np.ones((1, k))), -sp.identity(k, format="csc")]).tocsc()
+    b = np.concatenate([[1.0], np.zeros(k)])
+    cones = [clarabel.ZeroConeT(1), clarabel.NonnegativeConeT(k)]
+    solution = clarabel.DefaultSolver(sp.csc_matrix(np.triu(2 * a)), np.zeros(k), constraints, b, cones, _settings()).solve()
+    assert str(solution.status) == "Solved", solution.status
+    w = np.clip(np.asarray(solution.x), 0, None)
+    w /= w.sum()
+    return float(w @ a @ w)
+
+
+def clarabel_cagrad(a: np.ndarray, anchor: np.ndarray, c: float) -> float:
+    """``min (A b)^T w + c sqrt(w^T A w + 1e-8)`` over the simplex, as a second-order cone program in
+    ``(w, t)``: minimise ``(A b)^T w + c t`` s.t. ``t >= ||(R w, 1e-4)||`` with ``R^T R = A``."""
+    k = a.shape[0]
+    eigenvalues, vectors = np.linalg.eigh(a)
+    root = (vectors * np.sqrt(np.clip(eigenvalues, 0, None))).T  # R with R^T R = A
+    q = np.concatenate([a @ anchor, [c]])
+    rows = [
+        np.concatenate([np.ones(k), [0.0]])[None],  # 1^T w = 1
+        -np.hstack([np.eye(k), np.zeros((k, 1))]),  # w >= 0
+        np.concatenate([np.zeros(k), [-1.0]])[None],  # SOC head: t
+        -np.hstack([root, np.zeros((k, 1))]),  # SOC body: R w
+        np.zeros((1, k + 1)),  # SOC body: the constant 1e-4 = sqrt(1e-8)
+    ]
+    b = np.concatenate([[1.0], np.zeros(k), [0.0], np.zeros(k), [1e-4]])
+    cones = [clarabel.ZeroConeT(1), clarabel.NonnegativeConeT(k), clarabel.SecondOrderConeT(k + 2)]
+    p = sp.csc_matrix((k + 1, k + 1))
+    solution = clarabel.DefaultSolver(p, q, sp.csc_matrix(np.vstack(rows)), b, cones, _settings()).solve()
+    assert str(solution.status) == "Solved", solution.status
+    w = np.clip(np.asarray(solution.x)[:k], 0, None)
+    w /= w.sum()
+    return float(cagrad_objective(torch.as_tensor(w), torch.as_tensor(a), torch.as_tensor(anchor), c))
