@@ -6,7 +6,8 @@ graph, scipy SLSQP CAGrad with finite differences, SAM with a full re-forward, a
 mode (loop, batched); the cheap modes (sketch, amortised solving, class groups, one-pass per-sample split on the
 GroupNorm ResNet) and combinations; at 10 and 100 classes (CIFAR ResNet-32, batch 128, 32x32; at 100 classes
 76 classes present, long-tailed). Then peak memory per step (resident-memory growth during two steps in a
-fresh subprocess, sampled at 1 kHz; on the CPU that is tensor memory), a solver table, and a fidelity table (cosine of each mode's CAGrad
+fresh subprocess, sampled at 1 kHz; on the CPU that is tensor memory), the projected whole-training overhead of the
+CIFAR-100-LT recipe, a solver table (objective gaps to Clarabel), and a fidelity table (cosine of each mode's CAGrad
 direction ``G^T lambda`` to the exact one on a partly trained network). ``--quick``: tiny sizes (for tests).
 """
 
