@@ -22,7 +22,8 @@ import subprocess
 import sys
 import threading
 import time
-from contextlib import nullcontext
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -299,6 +300,33 @@ def solver_table(ks: tuple[int, ...], reference_up_to: int) -> list[tuple]:
 
 
 # ------------------------------------------------------------------------------------------------ fidelity
+@contextmanager
+def constant_batch_stats(model: torch.nn.Module) -> Iterator[None]:
+    """Train-mode batch norms normalise with the batch statistics held constant (detached): the network becomes
+    sample-separable, and its per-class gradients leave out the statistics' term (README, "Why batch norm")."""
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d) and m.training]
+
+    def constant(x: torch.Tensor, m: torch.nn.BatchNorm2d) -> torch.Tensor:
+        mean = x.mean(dim=(0, 2, 3)).detach()[None, :, None, None]
+        var = x.var(dim=(0, 2, 3), unbiased=False).detach()[None, :, None, None]
+        return (x - mean) / torch.sqrt(var + m.eps) * m.weight[None, :, None, None] + m.bias[None, :, None, None]
+
+    for m in norms:
+        m.forward = lambda x, m=m: constant(x, m)  # instance attribute shadows the class method
+    try:
+        yield
+    finally:
+        for m in norms:
+            del m.forward
+
+
+def objectives_with(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, position: torch.Tensor,
+                    k: int) -> torch.Tensor:
+    """The K class objectives ``L_k = sum_{i in k} l_i / B`` of one forward of ``model``."""
+    losses = F.cross_entropy(model(x), y, reduction="none")
+    return losses.new_zeros(k).index_add(0, position, losses) / len(y)
+
+
 def fidelity(cfg: dict, num_classes: int, present: int) -> dict[str, float]:
     """Median cosine of each mode's CAGrad direction to the exact one, on a partly trained ResNet (BN)."""
     counts = class_counts(num_classes)
@@ -356,6 +384,10 @@ def fidelity(cfg: dict, num_classes: int, present: int) -> dict[str, float]:
         ga = group_table[gids] / group_table[gids].sum()
         add(f"groups {groups}", SOLVERS["cagrad"](Gg @ Gg.T, anchor=ga) @ Gg)
         add("plain mean (no MOO)", G.sum(0))
+        with constant_batch_stats(model):  # the BN statistics as constants: sample-separable, one pass in principle
+            constant = per_class_gradients(objectives_with(model, x, y, position, k), params).double()
+        add("BN statistics as constants", SOLVERS["cagrad"](constant @ constant.T, anchor=anchor) @ constant)
+        add("BN constants: coefficients on the exact G", SOLVERS["cagrad"](constant @ constant.T, anchor=anchor) @ G)
         if stale is None:
             stale = (classes, lam)
         else:  # amortised: coefficients solved b steps earlier, looked up by class (1.0 if absent then)
