@@ -2,6 +2,15 @@
 
 ``SOLVERS[name](gramian, *, losses=None, anchor=None, **hyperparameters)`` returns ``lambda`` (K,) in the
 Gramian's dtype and device; the update direction is ``G^T lambda`` and ``ones(K)`` is the plain gradient.
+
+- ``cagrad``: FISTA on the simplex for CAGrad's dual, certified by the Frank-Wolfe gap;
+- ``mgda``: the min-norm point by a primal-dual interior-point method;
+- ``epo``: EPO's linear programs by a dual simplex method.
+
+All run in float64 on the Gramian's device, without SciPy. ``cagrad`` and ``mgda`` take ``early_exit``: where
+host reads are allowed (default: CPU tensors) they check their arguments, warn about degenerate input and stop at
+convergence; elsewhere (default on accelerators) they run a fixed budget of iterations with no host read at all
+and return ``ones(K)`` for degenerate input through ``torch.where``. ``epo`` chooses its pivots on the host.
 """
 
 from ._cagrad import cagrad, cagrad_objective
