@@ -190,8 +190,9 @@ class PLOTStep:
         else:  # this rank's part L_k^r (denominator: the global batch) of every class present anywhere
             classes, objectives = batch.classes, batch.local_objectives(losses, objective_labels)
         factor = 1.0
-        if self._cache is None:
-            self._cache = CoefficientCache(self.solve_every)
+        if self._cache is None:  # sized by the number of objective ids: storing reads nothing on the host
+            num_ids = logits.shape[-1] if self.class_to_group is None else int(self.class_to_group.max()) + 1
+            self._cache = CoefficientCache(self.solve_every, size=num_ids)
         grads: torch.Tensor | None = None
         degenerate = 0
         if self._cache.should_solve():

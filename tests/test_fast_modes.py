@@ -22,7 +22,7 @@ from plot_hf.moo.split import CrossSampleCouplingError
 from plot_hf.step import PLOTStep
 from plot_hf.trainer import class_prior_anchor, resolve_moo_parameters
 
-from .helpers import Wrapper, collate, tensor_dataset, tiny_model
+from .helpers import Wrapper, collate, forbid_host_reads, tensor_dataset, tiny_model
 
 
 def _model(arch: str, classes: int = 6, seed: int = 0) -> Wrapper:
@@ -154,6 +154,15 @@ def test_coefficient_cache_defaults_to_one():
     assert cache.should_solve() and not cache.should_solve() and cache.should_solve()
     cache.store(torch.tensor([1, 4]), torch.tensor([2.0, 3.0]))
     torch.testing.assert_close(cache.lookup(torch.tensor([0, 1, 4, 9])), torch.tensor([1.0, 2.0, 3.0, 1.0]))
+
+
+def test_sized_coefficient_cache_reads_nothing_on_the_host():
+    cache = CoefficientCache(2, size=10)
+    with forbid_host_reads():
+        cache.store(torch.tensor([1, 4]), torch.tensor([2.0, 3.0]))
+        cache.store(torch.tensor([4, 7]), torch.tensor([5.0, 6.0]))
+        looked_up = cache.lookup(torch.tensor([0, 1, 4, 7, 9]))
+    torch.testing.assert_close(looked_up, torch.tensor([1.0, 2.0, 5.0, 6.0, 1.0]))
 
 
 def test_class_group_objectives_sum_to_batch_mean():

@@ -107,3 +107,30 @@ def test_plot_step_equals_reference_step(device, keep_fraction, host_reads):
         torch.testing.assert_close(b, b1, msg=name)
     assert diagnostics.num_classes == len(y.unique())
     assert 0.0 <= diagnostics.conflict_fraction <= 1.0
+
+
+def test_amortised_steps_without_host_reads_equal_those_with(device):
+    """Amortised solving (``solve_every=2``: solve, reuse, solve) in the accelerators' mode reads nothing but
+    the classes present and gives the gradients of the host-reading mode."""
+    torch.manual_seed(0)
+    models = [Wrapper(timm.create_model("resnet32_cifar", num_classes=6)).to(device).train()]
+    models.append(copy.deepcopy(models[0]))
+    steps = [
+        PLOTStep(moo=resolve_moo_parameters(m, None), solver_name="mgda", solver_kwargs={}, rho=RHO,
+                 keep_fraction=0.0, vc_weight=VC, solve_every=2, host_reads=host_reads)
+        for m, host_reads in zip(models, (True, False), strict=True)
+    ]
+    for i in range(3):
+        x = torch.randn(24, 3, 16, 16, device=device, generator=None)
+        y = torch.tensor([i % 3, 1, 2, 3, 4, 5] * 4, device=device)
+        for model, step, host_reads in zip(models, steps, (True, False), strict=True):
+            model.zero_grad()
+            with _Null() if host_reads else forbid_host_reads(allow=("unique",)):
+                step.run(
+                    model=model, unwrapped=model, pixel_values=x, group_labels=y,
+                    per_sample_loss=lambda logits, y=y: F.cross_entropy(logits, y, reduction="none"),
+                    anchor_for=lambda classes: None, backward=lambda loss: loss.backward(), loss_scale=1.0,
+                    autocast=_Null, forward_context=_Null,
+                )
+        for (name, p), q in zip(models[0].named_parameters(), models[1].parameters(), strict=True):
+            torch.testing.assert_close(q.grad, p.grad, rtol=1e-4, atol=1e-6, msg=f"step {i}: {name}")

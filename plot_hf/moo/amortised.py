@@ -35,13 +35,18 @@ class CoefficientCache:
     """The last solved coefficient of every objective id, and when to solve again.
 
     ``should_solve()`` is True on the first call and then every ``every``-th call (one call per step).
+    ``size``: the number of objective ids, when known: the table is then allocated once and :meth:`store`
+    reads nothing on the host (else it grows to the largest id stored, read on the host).
     """
 
-    def __init__(self, every: int = 1):
+    def __init__(self, every: int = 1, size: int | None = None):
         if every < 1:
             raise ValueError(f"`every` must be >= 1, got {every}.")
+        if size is not None and size < 1:
+            raise ValueError(f"`size` must be >= 1, got {size}.")
         self.every = every
         self.steps = 0
+        self.size = size
         self.table: torch.Tensor | None = None
 
     def should_solve(self) -> bool:
@@ -50,6 +55,14 @@ class CoefficientCache:
         return solve
 
     def store(self, ids: torch.Tensor, coefficients: torch.Tensor) -> None:
+        if self.size is not None:
+            if self.table is None or self.table.device != coefficients.device:
+                old = self.table
+                self.table = torch.full((self.size,), float("nan"), dtype=torch.float64, device=coefficients.device)
+                if old is not None:
+                    self.table.copy_(old)
+            self.table[ids] = coefficients.detach().to(torch.float64)
+            return
         size = int(ids.max()) + 1
         if self.table is None or self.table.numel() < size or self.table.device != coefficients.device:
             table = torch.full((size,), float("nan"), dtype=torch.float64, device=coefficients.device)
