@@ -17,6 +17,7 @@ the backbone):
 
 from __future__ import annotations
 
+import functools
 import inspect
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -239,16 +240,14 @@ class PLOTStep:
                         gram.double(), losses=losses_k, anchor=anchor_for(classes), early_exit=False, **self.solver_kwargs
                     )
                     coefficients = torch.where(finite_flag, coefficients, torch.full_like(coefficients, float("nan")))
-                    finite, degenerate = None, degenerate_gramian(gram).float()  # read when the trainer logs
+                    degenerate = degenerate_gramian(gram).float()  # read when the trainer logs
                 coefficients = coefficients.float()
             degenerate = degenerate + sum(issubclass(w.category, DegenerateGramianWarning) for w in caught)
             for w in caught:
                 if not issubclass(w.category, DegenerateGramianWarning):
                     warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
-            if self.solve_every > 1 and finite is True:  # never reuse NaN coefficients in the amortised steps
+            if self.solve_every > 1:  # (non-finite coefficients are never stored for the amortised steps)
                 self._cache.store(classes, coefficients)
-            elif self.solve_every > 1 and finite is None:  # sync-free: a failed solve leaves the plain 1.0
-                self._cache.store(classes, torch.nan_to_num(coefficients, nan=1.0))
             self._last_conflict = conflict_fraction(gram).detach()  # a tensor: read when the trainer logs
         else:  # amortised: the last coefficients of these classes (1.0 if never solved for)
             coefficients = self._cache.lookup(classes, torch.float32)
@@ -321,6 +320,7 @@ class PLOTStep:
         return self._split
 
 
+@functools.cache
 def _takes_early_exit(solver_name: str) -> bool:
     """Whether the solver has a sync-free mode (an ``early_exit`` argument): CAGrad and MGDA do; EPO's
     simplex method chooses its pivots on the host."""

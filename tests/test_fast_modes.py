@@ -150,7 +150,7 @@ def test_weighted_gradient_equals_coefficients_times_G():
 
 
 def test_coefficient_cache_defaults_to_one():
-    cache = CoefficientCache(2)
+    cache = CoefficientCache(2, size=10)
     assert cache.should_solve() and not cache.should_solve() and cache.should_solve()
     cache.store(torch.tensor([1, 4]), torch.tensor([2.0, 3.0]))
     torch.testing.assert_close(cache.lookup(torch.tensor([0, 1, 4, 9])), torch.tensor([1.0, 2.0, 3.0, 1.0]))
@@ -161,8 +161,9 @@ def test_sized_coefficient_cache_reads_nothing_on_the_host():
     with forbid_host_reads():
         cache.store(torch.tensor([1, 4]), torch.tensor([2.0, 3.0]))
         cache.store(torch.tensor([4, 7]), torch.tensor([5.0, 6.0]))
+        cache.store(torch.tensor([1, 9]), torch.tensor([float("nan"), float("inf")]))  # a failed solve
         looked_up = cache.lookup(torch.tensor([0, 1, 4, 7, 9]))
-    torch.testing.assert_close(looked_up, torch.tensor([1.0, 2.0, 5.0, 6.0, 1.0]))
+    torch.testing.assert_close(looked_up, torch.tensor([1.0, 2.0, 5.0, 6.0, 1.0]))  # failed values not kept
 
 
 def test_class_group_objectives_sum_to_batch_mean():

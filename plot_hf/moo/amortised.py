@@ -32,22 +32,20 @@ def weighted_gradient(
 
 
 class CoefficientCache:
-    """The last solved coefficient of every objective id, and when to solve again.
+    """The last solved coefficient of each of ``size`` objective ids, and when to solve again.
 
     ``should_solve()`` is True on the first call and then every ``every``-th call (one call per step).
-    ``size``: the number of objective ids, when known: the table is then allocated once and :meth:`store`
-    reads nothing on the host (else it grows to the largest id stored, read on the host).
+    Storing and looking up read nothing on the host (the table is allocated once, ``size`` entries).
     """
 
-    def __init__(self, every: int = 1, size: int | None = None):
+    def __init__(self, every: int, size: int):
         if every < 1:
             raise ValueError(f"`every` must be >= 1, got {every}.")
-        if size is not None and size < 1:
+        if size < 1:
             raise ValueError(f"`size` must be >= 1, got {size}.")
         self.every = every
         self.steps = 0
-        self.size = size
-        self.table: torch.Tensor | None = None
+        self.table = torch.full((size,), float("nan"), dtype=torch.float64)
 
     def should_solve(self) -> bool:
         solve = self.steps % self.every == 0
@@ -55,32 +53,12 @@ class CoefficientCache:
         return solve
 
     def store(self, ids: torch.Tensor, coefficients: torch.Tensor) -> None:
-        if self.size is not None:
-            if self.table is None or self.table.device != coefficients.device:
-                old = self.table
-                self.table = torch.full((self.size,), float("nan"), dtype=torch.float64, device=coefficients.device)
-                if old is not None:
-                    self.table.copy_(old)
-            self.table[ids] = coefficients.detach().to(torch.float64)
-            return
-        size = int(ids.max()) + 1
-        if self.table is None or self.table.numel() < size or self.table.device != coefficients.device:
-            table = torch.full((size,), float("nan"), dtype=torch.float64, device=coefficients.device)
-            if self.table is not None:
-                old = self.table.to(coefficients.device)[: min(size, self.table.numel())]
-                table[: old.numel()] = old
-                if self.table.numel() > size:
-                    table = torch.cat([table, self.table.to(coefficients.device)[size:]])
-            self.table = table
-        self.table[ids] = coefficients.detach().to(torch.float64)
+        """Store the coefficients of ``ids``; a non-finite coefficient (a failed solve) keeps the old value."""
+        self.table = self.table.to(coefficients.device)
+        values = coefficients.detach().to(torch.float64)
+        self.table[ids] = torch.where(torch.isfinite(values), values, self.table[ids])
 
     def lookup(self, ids: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """The stored coefficients of ``ids`` (1.0 where none is stored)."""
-        out = torch.ones(ids.shape, dtype=torch.float64, device=ids.device)
-        if self.table is not None:
-            table = self.table.to(ids.device)
-            inside = ids < table.numel()
-            values = table[ids.clamp_max(table.numel() - 1)]
-            known = inside & ~torch.isnan(values)
-            out = torch.where(known, values, out)
-        return out.to(dtype)
+        values = self.table.to(ids.device)[ids]
+        return torch.where(torch.isnan(values), torch.ones_like(values), values).to(dtype)

@@ -44,6 +44,7 @@ class StageReplay:
                     self._children.append(child)
         self._outputs: dict[int, deque] = defaultdict(deque)
         self._run_after_stage: set[int] = set()
+        self._recomputed_names: tuple[frozenset[int], list[str]] | None = None
         self._stage_input: torch.Tensor | None = None
         self._stage_started = False
         self._verified = False
@@ -81,21 +82,24 @@ class StageReplay:
     def recomputed_buffers(self) -> dict[str, torch.Tensor]:
         """The buffers of the modules that run again in a replayed forward (the stage, what follows it, and
         anything before it that was not recorded), by name: the ones a replayed forward could update.
-        Buffers of replayed modules are left out: their forward does not run."""
-        replayed = {
+        Buffers of replayed modules are left out: their forward does not run. The names are worked out once
+        per set of replayed modules (the same every step), the tensors looked up each call."""
+        replayed = frozenset(
             id(child) for child in self._children if self._outputs.get(id(child)) and id(child) not in self._run_after_stage
-        }
-        skipped: set[int] = set()
-        for module in self.root.modules():
-            if id(module) in replayed:
-                skipped.update(id(m) for m in module.modules())
-        buffers: dict[str, torch.Tensor] = {}
-        for module_name, module in self.root.named_modules():
-            if id(module) in skipped:
-                continue
-            for name, buffer in module.named_buffers(recurse=False):
-                buffers[f"{module_name}.{name}" if module_name else name] = buffer
-        return buffers
+        )
+        if self._recomputed_names is None or self._recomputed_names[0] != replayed:
+            skipped: set[int] = set()
+            for module in self.root.modules():
+                if id(module) in replayed:
+                    skipped.update(id(m) for m in module.modules())
+            names = [
+                f"{module_name}.{name}" if module_name else name
+                for module_name, module in self.root.named_modules()
+                if id(module) not in skipped
+                for name, _ in module.named_buffers(recurse=False)
+            ]
+            self._recomputed_names = (replayed, names)
+        return {name: self.root.get_buffer(name) for name in self._recomputed_names[1]}
 
     @property
     def stage_input(self) -> torch.Tensor | None:
