@@ -17,8 +17,8 @@ anchor; uniform by default). With ``rl = r * l``, ``l_hat = rl / sum(rl)``, the 
 The coefficients are ``lambda = K * alpha`` (``ones(K)`` is the plain sum of the class gradients).
 
 Departures from the reference code (``dbmptr/EPOSearch`` and its copy in ``zzpustc/PLOT``, never called
-there). The LPs are solved by a dense dual simplex method in torch (float64, on the Gramian's device) instead
-of cvxpy + GLPK on the CPU: the vertex ``e_j*`` with ``j* = argmax cost`` is optimal without the rows ``M x >=
+there). The LPs are solved by a dense dual simplex method (float64; torch for the passes over the tableau,
+NumPy views for the pricing; on the host, since each pivot reads the tableau) instead of cvxpy + GLPK: the vertex ``e_j*`` with ``j* = argmax cost`` is optimal without the rows ``M x >=
 h``, so the dual simplex method starts there (no phase 1) and pivots on a compact ``(m + 2) x (K + 1)``
 tableau with dual steepest-edge pricing, Harris' ratio test and a fallback to Bland's rule; the basic weights
 are recomputed from the tight rows at the end (see :func:`solve_simplex_lp`). ``l_hat`` is clamped away from 0
@@ -32,6 +32,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -82,29 +83,29 @@ def _dual_simplex(
     None if the pivot cap is reached (or the rebuilds do not help).
     """
     m1, n = tab.shape[0] - 1, tab.shape[1] - 1  # m1 = m + 1 basic rows
-    body, beta, cost = tab[:m1, :n], tab[:m1, n], tab[m1, :n]
+    body = tab[:m1, :n]
+    view = tab.numpy()  # the pricing and the ratio test on NumPy views: a few us each instead of torch's ~3-5
+    beta, cost = view[:m1, n], view[m1, :n]
     noise: list[int] = []  # rows whose violation is below the certificate level and cannot be pivoted on
     degenerate = refreshes = 0
     for pivots in range(max_pivots + 1):
         violated = beta < -_FEASIBILITY
-        if noise:
-            violated[noise] = False
+        violated[noise] = False
         bland = degenerate > _DEGENERATE_RUN
         if bland:
-            labels = torch.tensor(rows, device=tab.device)
-            r = int(torch.argmin(torch.where(violated, labels, len(rows) + n)))
+            r = int(np.argmin(np.where(violated, rows, len(rows) + n)))
         else:
-            weights = torch.linalg.vector_norm(body, dim=1).square_().add_(1.0)
-            r = int(torch.argmax(torch.where(violated, beta.square().div_(weights), -1.0)))
-        if not bool(violated[r]):
+            weights = torch.linalg.vector_norm(body, dim=1).square_().add_(1.0).numpy()
+            r = int(np.argmax(np.where(violated, beta * beta / weights, -1.0)))
+        if not violated[r]:
             return True
         if pivots == max_pivots:
             return None
-        step = body[r].neg()  # -T_rj: x_B[r] grows by step_j per unit of x_N[j]
+        step = -view[r, :n]  # -T_rj: x_B[r] grows by step_j per unit of x_N[j]
         candidate = step > _PIVOT
-        bound = torch.where(candidate, (cost + _DUAL) / step, math.inf).min()
-        if not math.isfinite(float(bound)):  # no entering candidate: infeasible, unless rounding error
-            if float(beta[r]) >= -_CERTIFICATE:
+        bound = np.min((cost[candidate] + _DUAL) / step[candidate], initial=math.inf)
+        if not math.isfinite(bound):  # no entering candidate: infeasible, unless rounding error
+            if beta[r] >= -_CERTIFICATE:
                 noise.append(r)
             elif refreshes == _MAX_REFRESHES:
                 return False if certify(r, False) else None
@@ -118,20 +119,19 @@ def _dual_simplex(
             continue
         near = candidate & (cost <= bound * step)
         if bland:
-            labels = torch.tensor(cols, device=tab.device)
-            q = int(torch.argmin(torch.where(near, labels, len(rows) + n)))
+            q = int(np.argmin(np.where(near, cols, len(rows) + n)))
         else:
-            q = int(torch.argmax(torch.where(near, step, 0.0)))
-        column = tab[:, q].clone()
-        pivot, reduced = column[[r, m1]].tolist()
+            q = int(np.argmax(np.where(near, step, 0.0)))
+        pivot, reduced = float(view[r, q]), float(view[m1, q])
         degenerate = degenerate + 1 if reduced <= _DUAL else 0
+        column = tab[:, q].clone()
         new_row = tab[r] / pivot
         column[r] = 0.0
-        tab.addr_(column, new_row, alpha=-1.0)
+        tab.addr_(column, new_row, alpha=-1.0)  # the one pass over the tableau (with the norms above)
         tab[r] = new_row
         column.div_(-pivot)[r] = 1.0 / pivot
         tab[:, q] = column
-        cost.clamp_(min=0.0)  # Harris' slack may leave d_j in [-_DUAL, 0): shift the cost to keep d >= 0
+        np.clip(cost, 0.0, None, out=cost)  # Harris' slack may leave d_j in [-_DUAL, 0): keep d >= 0
         noise.clear()
         rows[r], cols[q] = cols[q], rows[r]
     return None
@@ -157,9 +157,9 @@ def solve_simplex_lp(
     that reduces the constraint violation (rounding error accumulated over the pivots); a vertex that
     still violates a row by more than ``_ACCEPT`` (scaled units) is reported as a failure (None).
     """
-    n, m, cost_dtype = cost.numel(), m_ge.shape[0], cost.dtype
-    dtype, device = torch.float64, cost.device
-    cost, m_ge, h = cost.to(dtype), m_ge.to(dtype), h.to(dtype)
+    n, m, cost_dtype, device = cost.numel(), m_ge.shape[0], cost.dtype, cost.device
+    dtype, host = torch.float64, torch.device("cpu")  # every pivot reads the tableau: keep it on the host
+    cost, m_ge, h = (v.to(device=host, dtype=dtype) for v in (cost, m_ge, h))
     if m:  # entries below 1e-11 of the largest are rounding noise: zero them; then rows to unit max-norm
         size, h_size = m_ge.abs(), h.abs()
         row_max = size.amax(dim=1)
@@ -171,7 +171,7 @@ def solve_simplex_lp(
         mat, rhs = m_ge, h
     c = cost / cost.abs().max().clamp_min(1e-300)
     start = int(torch.argmax(c))
-    tab = torch.empty(m + 2, n + 1, dtype=dtype, device=device)
+    tab = torch.empty(m + 2, n + 1, dtype=dtype, device=host)
     torch.sub(mat[:, start : start + 1], mat, out=tab[:m, :n])
     tab[:m, n] = mat[:, start] - rhs
     tab[m, :n] = 1.0
@@ -195,12 +195,12 @@ def solve_simplex_lp(
 
     if not _dual_simplex(tab, rows, cols, max_pivots or 4 * (n + m + 2), certify):
         return None
-    values = torch.zeros(n + m, dtype=dtype, device=device)
-    values[torch.tensor(rows, device=device)] = tab[: m + 1, n]
+    values = torch.zeros(n + m, dtype=dtype, device=host)
+    values[torch.tensor(rows, device=host)] = tab[: m + 1, n]
     x, worst = values[:n], _violation(mat, rhs, values[:n])
-    basic = torch.tensor([v for v in rows if v < n], dtype=torch.long, device=device)
-    tight = torch.tensor([v - n for v in cols if v >= n], dtype=torch.long, device=device)
-    system = torch.cat([mat[tight][:, basic], torch.ones(1, basic.numel(), dtype=dtype, device=device)])
+    basic = torch.tensor([v for v in rows if v < n], dtype=torch.long, device=host)
+    tight = torch.tensor([v - n for v in cols if v >= n], dtype=torch.long, device=host)
+    system = torch.cat([mat[tight][:, basic], torch.ones(1, basic.numel(), dtype=dtype, device=host)])
     solution, info = torch.linalg.solve_ex(system, torch.cat([rhs[tight], rhs.new_ones(1)]))
     if int(info) == 0:
         refined = torch.zeros_like(x).index_copy_(0, basic, solution)
@@ -210,7 +210,7 @@ def solve_simplex_lp(
     if not worst <= _ACCEPT:  # numerically broken (also NaN): report a failure rather than a wrong vertex
         return None
     x = x.clamp_min(0.0)
-    return (x / x.sum()).to(cost_dtype)
+    return (x / x.sum()).to(device=device, dtype=cost_dtype)
 
 
 def _tableau(mat: Tensor, rhs: Tensor, c: Tensor, rows: list[int], cols: list[int]) -> Tensor | None:
