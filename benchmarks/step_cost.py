@@ -9,11 +9,17 @@ GroupNorm ResNet) and combinations; at 10 and 100 classes (CIFAR ResNet-32, batc
 fresh subprocess, sampled at 1 kHz; on the CPU that is tensor memory), the projected whole-training overhead of the
 CIFAR-100-LT recipe, a solver table (objective gaps to Clarabel), and a fidelity table (cosine of each mode's CAGrad
 direction ``G^T lambda`` to the exact one on a partly trained network). ``--quick``: tiny sizes (for tests).
+
+``--device cuda``: models, inputs, the solver table and the fidelity table on the GPU, each timed call
+followed by ``torch.cuda.synchronize``; the default mode there is the one ``moo_gradient_method="auto"`` picks
+on an accelerator (exact, batched); peak memory is the growth of ``torch.cuda.max_memory_allocated`` (in
+process). ``--skip memory,fidelity,solvers`` leaves tables out; ``--classes 100`` runs one class count only.
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import math
 import os
@@ -25,6 +31,8 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's plot_hf and `benchmarks`
 
 import numpy as np
 import timm
@@ -38,12 +46,30 @@ from plot_hf.moo.class_groups import frequency_groups, group_anchor_table
 from plot_hf.moo.sketch import frozen_batch_stats, sketch_gramian
 from plot_hf.moo.solvers import SOLVERS, cagrad_objective
 from plot_hf.step import PLOTStep
-from plot_hf.trainer import class_prior_anchor, resolve_moo_parameters
+from plot_hf.trainer import class_prior_anchor, resolve_gradient_method, resolve_moo_parameters
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `benchmarks.references` when run as a script
-from benchmarks.references import clarabel_cagrad, clarabel_min_norm, gramian  # noqa: E402
+SKIPPABLE = ("memory", "fidelity", "solvers")
+CPU = torch.device("cpu")
 
-DEFAULT_MODE = "exact (loop)"  # moo_gradient_method="auto" on this BN ResNet-32 on a CPU; moo_solve_every=1
+
+def synchronize(device: torch.device) -> None:
+    """Wait for the work queued on ``device`` (CUDA kernels run asynchronously): call it before reading the
+    clock or the memory counters. A no-op on the CPU."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def default_mode(arch: str, device: torch.device) -> str:
+    """The variant that ``moo_gradient_method="auto"`` resolves to for this BN ResNet on ``device``, as the
+    trainer resolves it: "exact (loop)" on a CPU, "exact (batched)" on an accelerator."""
+    model = build(arch, 10)
+    method = resolve_gradient_method(model, resolve_moo_parameters(model, ["net.layer3"]), "auto", device)
+    return f"exact ({method})"
+
+
+def group_count(num_classes: int) -> int:
+    """Class groups of the "groups" variants: 10 from 20 classes on, else about a third of the classes."""
+    return 10 if num_classes >= 20 else max(2, num_classes // 3)
 
 
 class Wrapper(torch.nn.Module):
@@ -131,10 +157,10 @@ def reference_step(model: Wrapper, x: torch.Tensor, y: torch.Tensor, anchor_tabl
         g = torch.autograd.grad(losses[y == c].sum() / len(y), params, retain_graph=True)
         rows.append(torch.cat([t.reshape(-1) for t in g]))
     G = torch.stack(rows)
-    a = (G @ G.T).double().numpy()
-    anchor = anchor_table[classes].double().numpy()
+    a = (G @ G.T).double().cpu().numpy()  # SLSQP on the host (a copy from the GPU on CUDA)
+    anchor = anchor_table[classes.cpu()].double().numpy()
     w = slsqp_cagrad(a, anchor / anchor.sum())
-    gw = torch.as_tensor(w, dtype=G.dtype) @ G
+    gw = torch.as_tensor(w, dtype=G.dtype, device=G.device) @ G
     g0 = G.mean(0)
     c = 0.5 * g0.norm()
     d = (g0 + c / (gw.norm() + 1e-8) * gw) / (1 + 0.5**2) * len(classes)
@@ -145,6 +171,8 @@ def reference_step(model: Wrapper, x: torch.Tensor, y: torch.Tensor, anchor_tabl
 
 
 def plot_step(model: Wrapper, counts: list[int], **kwargs) -> PLOTStep:
+    """The step as ``PLOTTrainer`` builds it: ``host_reads`` left unset, so that the step resolves it from the
+    inputs' device (host reads on a CPU; none on CUDA, where the solvers run their sync-free fixed budget)."""
     groups = kwargs.pop("groups", None)
     step = PLOTStep(moo=resolve_moo_parameters(model, ["net.layer3"]), solver_name="cagrad",
                     solver_kwargs={"alpha": 0.5, "rescale": 1}, rho=1e-4, keep_fraction=0.0, vc_weight=0.02,
@@ -162,7 +190,7 @@ def run_plot(step: PLOTStep, model: Wrapper, x: torch.Tensor, y: torch.Tensor) -
     table = step._table  # type: ignore[attr-defined]
 
     def anchor_for(ids: torch.Tensor) -> torch.Tensor:
-        a = table[ids].double()
+        a = table.to(ids.device)[ids].double()  # as PLOTTrainer._anchor
         return a / a.sum()
 
     step.run(model=model, unwrapped=model, pixel_values=x, group_labels=y,
@@ -173,7 +201,7 @@ def run_plot(step: PLOTStep, model: Wrapper, x: torch.Tensor, y: torch.Tensor) -
 def variants(cfg: dict, num_classes: int) -> dict:
     """name -> (norm, factory(model, counts) -> callable(model, x, y), steps per timed call)."""
     d, chunk = cfg["sketch_dim"], 32
-    groups = 10 if num_classes >= 20 else max(2, num_classes // 3)
+    groups = group_count(num_classes)
     v = {
         "vanilla": ("batch", lambda m, c: vanilla_step, 1),
         "reference-style": ("batch", lambda m, c: _bind_reference(class_prior_anchor(c)), 1),
@@ -199,24 +227,28 @@ def _bind(step: PLOTStep):
     return lambda model, x, y: run_plot(step, model, x, y)
 
 
-def time_variants(cfg: dict, num_classes: int, present: int, only: list[str] | None = None) -> dict[str, float]:
+def time_variants(cfg: dict, num_classes: int, present: int, only: list[str] | None = None,
+                  device: torch.device = CPU) -> dict[str, float]:
     counts = class_counts(num_classes)
     x = torch.randn(cfg["batch"], 3, cfg["image"], cfg["image"], generator=torch.Generator().manual_seed(0))
-    y = long_tailed_labels(num_classes, present, cfg["batch"], seed=0)
+    x = x.to(device)
+    y = long_tailed_labels(num_classes, present, cfg["batch"], seed=0).to(device)
     table = variants(cfg, num_classes)
     names = [n for n in table if only is None or n in only]
-    models = {n: build(cfg["arch"], num_classes, table[n][0]) for n in names}
+    models = {n: build(cfg["arch"], num_classes, table[n][0]).to(device) for n in names}
     fns = {n: table[n][1](models[n], counts) for n in names}
     times: dict[str, list[float]] = {n: [] for n in names}
     for n in names:  # warm-up (and the first amortised solve); not in quick mode
         if cfg["reps"] > 1:
             fns[n](models[n], x, y)
+            synchronize(device)
     for _ in range(cfg["reps"]):
         for n in names:
             per_call = table[n][2]
             start = time.perf_counter()
             for _ in range(per_call):
                 fns[n](models[n], x, y)
+            synchronize(device)  # the clock is read once the device has finished the calls
             times[n].append((time.perf_counter() - start) / per_call)
     return {n: statistics.median(t) for n, t in times.items()}
 
@@ -264,25 +296,54 @@ def _memory_child(cfg: dict, name: str, num_classes: int, present: int) -> float
     return max(peak[0], _rss_mib()) - base
 
 
+def cuda_peak_memory(cfg: dict, name: str, num_classes: int, present: int, device: torch.device) -> float:
+    """Peak growth of allocated CUDA memory (MiB) over two steps of ``name``, in this process. Unlike RSS,
+    this needs no fresh process: the allocator's counters count the bytes of live tensors only (not the
+    imports, not the cache it keeps reserved); the previous variant's model and step are freed when this is
+    called; what persists from earlier work (cuBLAS workspaces, made by the timing tables) is in the baseline,
+    read once this variant's model and inputs are on the device. The gradients, made by the first step, count
+    (as in RSS)."""
+    counts = class_counts(num_classes)
+    x = torch.randn(cfg["batch"], 3, cfg["image"], cfg["image"]).to(device)
+    y = long_tailed_labels(num_classes, present, cfg["batch"], seed=0).to(device)
+    norm, factory, _ = variants(cfg, num_classes)[name]
+    model = build(cfg["arch"], num_classes, norm).to(device)
+    fn = factory(model, counts)
+    gc.collect()  # what earlier variants left in reference cycles is freed now, not during the two steps
+    synchronize(device)
+    base = torch.cuda.memory_allocated(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    for _ in range(2):
+        fn(model, x, y)
+    synchronize(device)
+    return (torch.cuda.max_memory_allocated(device) - base) / 2**20
+
+
 # ------------------------------------------------------------------------------------------------ solvers
-def solver_table(ks: tuple[int, ...], reference_up_to: int) -> list[tuple]:
+def solver_table(ks: tuple[int, ...], reference_up_to: int, device: torch.device = CPU) -> list[tuple]:
     """(family, K, solver, median ms of 3, relative objective gap to Clarabel) per solver. Families: "random"
     (rank-64 + noise: for K >~ 300 the hull nearly contains 0, the hard case for MGDA) and "common" (plus a
     shared direction, as real per-class gradients have). Gap > 0: ours is worse; EPO's LP is checked
-    against HiGHS in the tests (tests/test_epo_lp.py)."""
+    against HiGHS in the tests (tests/test_epo_lp.py). On CUDA the solvers run on the device, in their default
+    mode there (sync-free, a fixed budget), and the gaps are computed on host copies."""
+    from benchmarks.references import clarabel_cagrad, clarabel_min_norm, gramian  # Clarabel: this table only
+
     rows = []
     for family, common in (("random", 0.0), ("common", 1.0)):
         for k in ks:
             a = gramian(k, common, seed=k)
             anchor = torch.as_tensor(np.random.default_rng(k).dirichlet(np.ones(k)))
             losses = torch.rand(k, generator=torch.Generator().manual_seed(k), dtype=torch.float64) + 0.5
+            on_device = {"a": a.to(device), "anchor": anchor.to(device), "losses": losses.to(device)}
             for name in ("cagrad", "mgda", "epo"):
-                kwargs = {"cagrad": {"anchor": anchor}, "mgda": {}, "epo": {"losses": losses}}[name]
+                kwargs = {"cagrad": ["anchor"], "mgda": [], "epo": ["losses"]}[name]
                 times = []
                 for _ in range(3):
                     start = time.perf_counter()
-                    lam = SOLVERS[name](a, **kwargs)
+                    lam = SOLVERS[name](on_device["a"], **{key: on_device[key] for key in kwargs})
+                    synchronize(device)
                     times.append(time.perf_counter() - start)
+                lam = lam.cpu()
                 gap = float("nan")
                 if name == "cagrad" and k <= reference_up_to:
                     c = 0.5 * math.sqrt(float(a.mean()) + 1e-8) + 1e-8
@@ -327,18 +388,20 @@ def objectives_with(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, po
     return losses.new_zeros(k).index_add(0, position, losses) / len(y)
 
 
-def fidelity(cfg: dict, num_classes: int, present: int) -> dict[str, float]:
-    """Median cosine of each mode's CAGrad direction to the exact one, on a partly trained ResNet (BN)."""
+def fidelity(cfg: dict, num_classes: int, present: int, device: torch.device = CPU) -> dict[str, float]:
+    """Median cosine of each mode's CAGrad direction to the exact one, on a partly trained ResNet (BN). On
+    CUDA everything runs on the device (the random draws are made on the host, as on a CPU)."""
     counts = class_counts(num_classes)
-    model = build(cfg["arch"], num_classes)
+    model = build(cfg["arch"], num_classes).to(device)
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     gen = torch.Generator().manual_seed(1)
-    protos = torch.randn(num_classes, 3, cfg["image"], cfg["image"], generator=gen)
+    protos = torch.randn(num_classes, 3, cfg["image"], cfg["image"], generator=gen).to(device)
 
     def batch(seed: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
         y = long_tailed_labels(num_classes, present, size, seed)
         noise = torch.randn(size, 3, cfg["image"], cfg["image"], generator=torch.Generator().manual_seed(seed))
-        return protos[y] + 1.5 * noise, y
+        y = y.to(device)
+        return protos[y] + 1.5 * noise.to(device), y
 
     for i in range(cfg["pretrain"]):  # synthetic long-tailed data: class prototypes + noise
         x, y = batch(1000 + i, min(cfg["batch"], 64))
@@ -346,9 +409,10 @@ def fidelity(cfg: dict, num_classes: int, present: int) -> dict[str, float]:
         F.cross_entropy(model(x), y).backward()
         opt.step()
     table = class_prior_anchor(counts)
-    groups = 10 if num_classes >= 20 else max(2, num_classes // 3)
+    groups = group_count(num_classes)
     class_to_group = frequency_groups(counts, groups)
-    group_table = group_anchor_table(table, class_to_group)
+    group_table = group_anchor_table(table, class_to_group).to(device)
+    table, class_to_group = table.to(device), class_to_group.to(device)
     names = [n for n, _ in model.named_parameters() if ".layer3." in n]
     cos: dict[str, list[float]] = {}
     stale = None
@@ -356,7 +420,7 @@ def fidelity(cfg: dict, num_classes: int, present: int) -> dict[str, float]:
         x, y = batch(b, cfg["batch"])
         params = [dict(model.named_parameters())[n] for n in names]
         buffers = {n: t.clone() for n, t in model.named_buffers()}
-        classes, _ = per_class_objectives(torch.zeros(len(y)), y)
+        classes, _ = per_class_objectives(torch.zeros(len(y), device=device), y)
         position, k = torch.searchsorted(classes, y), classes.numel()
 
         def objectives_of(values, x=x, y=y, position=position, k=k, buffers=buffers):
@@ -380,7 +444,8 @@ def fidelity(cfg: dict, num_classes: int, present: int) -> dict[str, float]:
             add(f"sketch d={d}", SOLVERS["cagrad"](sk.double(), anchor=anchor) @ G)
         gid = class_to_group[classes]
         gids = gid.unique()
-        Gg = torch.zeros(gids.numel(), G.shape[1], dtype=G.dtype).index_add(0, torch.searchsorted(gids, gid), G)
+        Gg = torch.zeros(gids.numel(), G.shape[1], dtype=G.dtype, device=G.device).index_add(
+            0, torch.searchsorted(gids, gid), G)
         ga = group_table[gids] / group_table[gids].sum()
         add(f"groups {groups}", SOLVERS["cagrad"](Gg @ Gg.T, anchor=ga) @ Gg)
         add("plain mean (no MOO)", G.sum(0))
@@ -391,7 +456,7 @@ def fidelity(cfg: dict, num_classes: int, present: int) -> dict[str, float]:
         if stale is None:
             stale = (classes, lam)
         else:  # amortised: coefficients solved b steps earlier, looked up by class (1.0 if absent then)
-            table_lam = torch.ones(num_classes, dtype=G.dtype)
+            table_lam = torch.ones(num_classes, dtype=G.dtype, device=G.device)
             table_lam[stale[0]] = stale[1]
             add(f"amortised (stale {b} step{'s' if b > 1 else ''})", table_lam[classes] @ G)
         opt.zero_grad()  # a plain SGD step between batches: the network moves on
@@ -401,22 +466,74 @@ def fidelity(cfg: dict, num_classes: int, present: int) -> dict[str, float]:
 
 
 # ------------------------------------------------------------------------------------------------ main
+def skip_list(value: str) -> frozenset[str]:
+    names = frozenset(n.strip() for n in value.split(",") if n.strip())
+    unknown = sorted(names - set(SKIPPABLE))
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown {', '.join(unknown)}; choose from {', '.join(SKIPPABLE)}")
+    return names
+
+
+def class_list(value: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(n) for n in value.split(",") if n.strip())
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {value!r}") from err
+
+
+def resolve_device(parser: argparse.ArgumentParser, name: str) -> torch.device:
+    """``cpu``, ``cuda`` or ``cuda:N``, checked before any work (a clear error, not a failure halfway)."""
+    try:
+        device = torch.device(name)
+    except RuntimeError as err:
+        parser.error(f"--device {name}: {err}")
+    if device.type == "cpu":
+        return device
+    if device.type != "cuda":
+        parser.error(f"--device {name}: only cpu and cuda[:N] are supported")
+    if not torch.cuda.is_available():
+        why = "CPU-only build" if torch.version.cuda is None else f"CUDA {torch.version.cuda}, no GPU visible"
+        parser.error(f"--device {name}: CUDA is not available here (torch {torch.__version__}, {why})")
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    if index >= torch.cuda.device_count():
+        parser.error(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) visible")
+    torch.cuda.set_device(index)
+    return torch.device("cuda", index)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny sizes, one repetition (for tests)")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     parser.add_argument("--reps", type=int, default=None, help="interleaved repetitions (default 5; quick 1)")
     parser.add_argument("--pretrain", type=int, default=None, help="SGD steps before the fidelity table")
+    parser.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
+    parser.add_argument("--skip", type=skip_list, action="append", default=[],
+                        help=f"comma-separated tables to leave out: {','.join(SKIPPABLE)} (may be repeated)")
+    parser.add_argument("--classes", type=class_list, default=None,
+                        help="comma-separated class counts to run, among the size's (default: all; 10,100)")
     args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    device = resolve_device(parser, args.device)
+    skip = frozenset().union(*args.skip)
     cfg = sizes(args.quick)
     cfg.update({k: v for k, v in (("reps", args.reps), ("pretrain", args.pretrain)) if v is not None})
-    print(f"# step cost: {cfg['arch']}, batch {cfg['batch']}, {cfg['image']}x{cfg['image']}, "
+    if args.classes is not None:
+        if not args.classes or not set(args.classes) <= set(cfg["classes"]):
+            parser.error(f"--classes {','.join(map(str, args.classes))}: choose among "
+                         f"{','.join(map(str, cfg['classes']))}")
+        keep = [i for i, c in enumerate(cfg["classes"]) if c in args.classes]
+        cfg["classes"] = tuple(cfg["classes"][i] for i in keep)
+        cfg["present"] = tuple(cfg["present"][i] for i in keep)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    default = default_mode(cfg["arch"], device)  # also "exact" in the last line: the exact mode "auto" picks
+    on = "cpu" if device.type == "cpu" else (
+        f"{device} ({torch.cuda.get_device_name(device)}, CUDA {torch.version.cuda}), default mode {default}")
+    print(f"# step cost: {cfg['arch']}, batch {cfg['batch']}, {cfg['image']}x{cfg['image']}, {on}, "
           f"{torch.get_num_threads()} threads, torch {torch.__version__}, {cfg['reps']} interleaved reps (medians)")
     ratios: dict[int, dict[str, float]] = {}
     for num_classes, present in zip(cfg["classes"], cfg["present"], strict=True):
-        med = time_variants(cfg, num_classes, present)
+        med = time_variants(cfg, num_classes, present, device=device)
         ratios[num_classes] = {n: t / med["vanilla"] for n, t in med.items()}
         print(f"\n## {num_classes} classes ({present} present in the batch)\n")
         print("| variant | median step (s) | / vanilla (BN) | / vanilla (GN) |\n|---|---|---|---|")
@@ -429,38 +546,53 @@ def main(argv: list[str] | None = None) -> None:
     print(f"\n## whole-training overhead of the CIFAR-100-LT recipe (PLOT for {plot_epochs} of {epochs} epochs), "
           f"projected from the step ratios at {big} classes\n")
     print("| mode | PLOT step / vanilla | training / vanilla |\n|---|---|---|")
-    for n in (DEFAULT_MODE, "exact (batched)", "per_sample_split (GN)"):
+    for n in dict.fromkeys((default, "exact (loop)", "exact (batched)", "per_sample_split (GN)")):
         if n in ratios[big]:
             step_ratio = ratios[big][n] / (ratios[big]["vanilla (GN)"] if "GN" in n else 1.0)
             overall = (plot_epochs * step_ratio + epochs - plot_epochs) / epochs
-            print(f"| {n}{' (default)' if n == DEFAULT_MODE else ''} | {step_ratio:.2f}x | {overall:.2f}x |")
-    if cfg["mem"]:
+            print(f"| {n}{' (default)' if n == default else ''} | {step_ratio:.2f}x | {overall:.2f}x |")
+    if cfg["mem"] and "memory" not in skip:
         big, present = cfg["classes"][-1], cfg["present"][-1]
-        print(f"\n## peak memory per step, {big} classes (RSS growth over 2 steps, sampled at 1 kHz, fresh process)\n")
+        how = ("RSS growth over 2 steps, sampled at 1 kHz, fresh process" if device.type == "cpu" else
+               "growth of torch.cuda.max_memory_allocated over 2 steps, in process")
+        print(f"\n## peak memory per step, {big} classes ({how})\n")
         print("| variant | peak MiB | / vanilla |\n|---|---|---|")
         mem = {}
         for n in ("vanilla", "reference-style", "exact (loop)", "exact (batched)", "exact (batched, chunk 32)",
-                  f"sketch d={cfg['sketch_dim']}", "groups 10", "amortised k=10", "vanilla (GN)",
-                  "per_sample_split (GN)"):
-            mem[n] = peak_memory(cfg, n, big, present)
+                  f"sketch d={cfg['sketch_dim']}", f"groups {group_count(big)}", "amortised k=10",
+                  "vanilla (GN)", "per_sample_split (GN)"):
+            if device.type == "cpu":
+                mem[n] = peak_memory(cfg, n, big, present)
+            else:
+                mem[n] = cuda_peak_memory(cfg, n, big, present, device)
             base = mem["vanilla (GN)"] if "GN" in n and "vanilla (GN)" in mem else mem["vanilla"]
             print(f"| {n} | {mem[n]:.0f} | {mem[n] / base:.2f}x |")
             sys.stdout.flush()
-    print("\n## solvers (float64 CPU, median of 3; gap = relative objective excess over Clarabel, < 0: ours lower)\n")
-    print("| Gramian | K | solver | ms | gap |\n|---|---|---|---|---|")
-    for family, k, name, ms, gap in solver_table(cfg["solver_ks"], cfg["solver_ks"][-1]):
-        print(f"| {family} | {k} | {name} | {ms:.1f} | {'' if math.isnan(gap) else f'{gap:.1e}'} |")
-    print(f"\n## fidelity: median cosine to the exact CAGrad direction ({cfg['pretrain']} SGD steps of pre-training, "
-          f"{cfg['fid_batches']} batches)\n")
-    fids = {c: fidelity(cfg, c, p) for c, p in zip(cfg["classes"], cfg["present"], strict=True)}
-    names = list(dict.fromkeys(n for f in fids.values() for n in f))
-    print("| mode | " + " | ".join(f"{c} classes" for c in fids) + " |\n|---|" + "---|" * len(fids))
-    for n in names:
-        print(f"| {n} | " + " | ".join(f"{fids[c].get(n, float('nan')):.4f}" for c in fids) + " |")
-    print("| per_sample_split (GN) | exact (tests: 1e-5) | exact |")
+    if "solvers" not in skip:
+        on = "CPU" if device.type == "cpu" else f"on {device}, sync-free mode"
+        print(f"\n## solvers (float64 {on}, median of 3; gap = relative objective excess over Clarabel, "
+              f"< 0: ours lower)\n")
+        print("| Gramian | K | solver | ms | gap |\n|---|---|---|---|---|")
+        for family, k, name, ms, gap in solver_table(cfg["solver_ks"], cfg["solver_ks"][-1], device):
+            print(f"| {family} | {k} | {name} | {ms:.1f} | {'' if math.isnan(gap) else f'{gap:.1e}'} |")
+        sys.stdout.flush()
+    if "fidelity" not in skip:
+        on = "" if device.type == "cpu" else f", on {device}"
+        print(f"\n## fidelity: median cosine to the exact CAGrad direction ({cfg['pretrain']} SGD steps of "
+              f"pre-training, {cfg['fid_batches']} batches{on})\n")
+        fids = {c: fidelity(cfg, c, p, device) for c, p in zip(cfg["classes"], cfg["present"], strict=True)}
+        names = list(dict.fromkeys(n for f in fids.values() for n in f))
+        print("| mode | " + " | ".join(f"{c} classes" for c in fids) + " |\n|---|" + "---|" * len(fids))
+        for n in names:
+            print(f"| {n} | " + " | ".join(f"{fids[c].get(n, float('nan')):.4f}" for c in fids) + " |")
+        exact = ["exact (tests: 1e-5)"] + ["exact"] * (len(fids) - 1)
+        print("| per_sample_split (GN) | " + " | ".join(exact) + " |")
     r = ratios[big]
-    print(f"\ndefault-mode step / vanilla step at {big} classes: {r[DEFAULT_MODE]:.2f}x "
-          f"(exact: {r['exact (loop)']:.2f}x, reference-style: {r['reference-style']:.2f}x)")
+    if device.type != "cpu":
+        print(f"\n(on {device.type}, both the default mode and \"exact\" below are {default}: "
+              f"moo_gradient_method \"auto\" on an accelerator; on a CPU both are exact (loop))")
+    print(f"\ndefault-mode step / vanilla step at {big} classes: {r[default]:.2f}x "
+          f"(exact: {r[default]:.2f}x, reference-style: {r['reference-style']:.2f}x)")
 
 
 if __name__ == "__main__":
