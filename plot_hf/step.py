@@ -322,8 +322,8 @@ class PLOTStep:
 
 @functools.cache
 def _takes_early_exit(solver_name: str) -> bool:
-    """Whether the solver has a sync-free mode (an ``early_exit`` argument): CAGrad and MGDA do; EPO's
-    simplex method chooses its pivots on the host."""
+    """Whether the solver has a sync-free mode (an ``early_exit`` argument): the built-in ones do; a solver
+    registered without it is called as is (it may read values on the host)."""
     return "early_exit" in inspect.signature(get_solver(solver_name)).parameters
 
 

@@ -12,8 +12,9 @@ import pytest
 import torch
 
 from benchmarks.references import clarabel_cagrad, clarabel_min_norm, gramian
-from plot_hf.moo.solvers import SOLVERS, DegenerateGramianWarning, cagrad_objective, min_norm_weights
+from plot_hf.moo.solvers import SOLVERS, DegenerateGramianWarning, cagrad_objective, epo_lp, min_norm_weights
 from plot_hf.moo.solvers._cagrad import _solve_dual
+from plot_hf.moo.solvers._epo import _adjustments
 
 from .helpers import HostReadError, forbid_host_reads
 
@@ -74,4 +75,69 @@ def test_sync_free_mode_degenerate_gives_plain_silently(name: str, bad: str) -> 
         warnings.simplefilter("error", DegenerateGramianWarning)
         with forbid_host_reads():
             got = SOLVERS[name](a, early_exit=False)
+    torch.testing.assert_close(got, torch.ones(6, dtype=a.dtype))
+
+
+def _epo_lp_value(name: str, alpha: torch.Tensor, a: torch.Tensor, losses: torch.Tensor) -> tuple[float, float]:
+    """(objective, largest violation relative to the row scale) of ``alpha`` in the LP that ``name`` solves."""
+    rl, _, adj = _adjustments(losses, torch.full_like(losses, 1.0 / losses.numel()))
+    ca = a @ adj
+    if name == "balance":
+        positive, worst = ca > 0, rl >= rl.max()
+        rows = (~positive | worst) if bool(positive.any()) else torch.ones_like(positive)
+        m, h, cost = a[rows], torch.where(worst, torch.zeros_like(ca), ca)[rows], ca
+    elif name == "descent":
+        m = torch.cat([ca[None], a])
+        h = torch.cat([torch.clamp(ca.max(), max=0.0).reshape(1), torch.zeros_like(ca)])
+        cost = a.sum(dim=0)
+    else:
+        m, h, cost = a, torch.zeros_like(ca), a.sum(dim=0)
+    scale = torch.maximum(m.abs().amax(dim=1), h.abs()).clamp_min(1e-300)
+    return float(cost @ alpha), float(((h - m @ alpha) / scale).max())
+
+
+@pytest.mark.parametrize("k", [2, 10, 100, 300])
+@pytest.mark.parametrize("common", [0.0, 1.0])
+@pytest.mark.parametrize("scale", [1.0, 1e-14])
+def test_epo_sync_free_mode_reads_nothing_and_solves_the_same_lp(k: int, common: float, scale: float) -> None:
+    """EPO on the device (interior point, no host read) picks the mode the host's simplex method picks and
+    reaches the same LP optimum (the weights may differ only where the optimum is not unique), also for a
+    Gramian of tiny scale (late in training)."""
+    a = gramian(k, common, seed=k + 5) * scale
+    losses = torch.rand(k, generator=torch.Generator().manual_seed(k), dtype=torch.float64) + 0.5
+    alpha_host, mode = epo_lp(a, losses, torch.full((k,), 1.0 / k, dtype=torch.float64))
+    with forbid_host_reads():
+        got = SOLVERS["epo"](a, losses=losses, early_exit=False)
+    alpha = got / k
+    assert abs(float(alpha.sum()) - 1) < 1e-9 and float(alpha.min()) >= 0
+    ours, violation = _epo_lp_value(mode, alpha, a, losses)
+    ref, _ = _epo_lp_value(mode, alpha_host, a, losses)
+    assert violation <= 1e-8, (mode, violation)
+    assert abs(ours - ref) <= 1e-6 * abs(ref) + 1e-9 * float(a.abs().max()), (mode, ours, ref)
+
+
+def test_epo_sync_free_mode_falls_back_like_the_host_mode() -> None:
+    """Losses already balanced (mu <= eps): descent mode on both paths; ``relax=True``: the relaxed LP."""
+    k = 12
+    a = gramian(k, 0.0, seed=2)
+    losses = torch.ones(k, dtype=torch.float64)
+    for relax, mode in ((False, "descent"), (True, "relaxed")):
+        alpha_host, host_mode = epo_lp(a, losses, torch.full((k,), 1.0 / k, dtype=torch.float64), relax=relax)
+        assert host_mode == mode
+        with forbid_host_reads():
+            alpha = SOLVERS["epo"](a, losses=losses, relax=relax, early_exit=False) / k
+        ours, violation = _epo_lp_value(mode, alpha, a, losses)
+        ref, _ = _epo_lp_value(mode, alpha_host, a, losses)
+        assert violation <= 1e-8 and abs(ours - ref) <= 1e-6 * abs(ref) + 1e-12, (mode, ours, ref)
+
+
+@pytest.mark.parametrize("bad", ["zero", "nan", "inf"])
+def test_epo_sync_free_mode_degenerate_gives_plain_silently(bad: str) -> None:
+    a = gramian(6, 1.0, seed=1)
+    a = {"zero": torch.zeros_like(a), "nan": a.fill_diagonal_(float("nan")), "inf": a * float("inf")}[bad]
+    losses = torch.linspace(0.5, 2.0, 6, dtype=torch.float64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DegenerateGramianWarning)
+        with forbid_host_reads():
+            got = SOLVERS["epo"](a, losses=losses, early_exit=False)
     torch.testing.assert_close(got, torch.ones(6, dtype=a.dtype))

@@ -134,3 +134,25 @@ def test_amortised_steps_without_host_reads_equal_those_with(device):
                 )
         for (name, p), q in zip(models[0].named_parameters(), models[1].parameters(), strict=True):
             torch.testing.assert_close(q.grad, p.grad, rtol=1e-4, atol=1e-6, msg=f"step {i}: {name}")
+
+
+def test_epo_step_without_host_reads_equals_with(device):
+    """EPO in the accelerators' mode (its LPs by the interior-point method on the device, the fallback chain by
+    ``torch.where``) reads nothing but the classes present and gives the host mode's gradients."""
+    torch.manual_seed(1)
+    models = [Wrapper(timm.create_model("resnet32_cifar", num_classes=6)).to(device).train()]
+    models.append(copy.deepcopy(models[0]))
+    x = torch.randn(24, 3, 16, 16, device=device)
+    y = torch.tensor([0, 0, 0, 1, 1, 2, 2, 3, 4, 5, 0, 1] * 2, device=device)
+    for model, host_reads in zip(models, (True, False), strict=True):
+        step = PLOTStep(moo=resolve_moo_parameters(model, None), solver_name="epo", solver_kwargs={}, rho=RHO,
+                        keep_fraction=0.0, vc_weight=VC, host_reads=host_reads)
+        with _Null() if host_reads else forbid_host_reads(allow=("unique",)):
+            step.run(
+                model=model, unwrapped=model, pixel_values=x, group_labels=y,
+                per_sample_loss=lambda logits: F.cross_entropy(logits, y, reduction="none"),
+                anchor_for=lambda classes: None, backward=lambda loss: loss.backward(), loss_scale=1.0,
+                autocast=_Null, forward_context=_Null,
+            )
+    for (name, p), q in zip(models[0].named_parameters(), models[1].parameters(), strict=True):
+        torch.testing.assert_close(q.grad, p.grad, rtol=1e-4, atol=1e-6, msg=name)

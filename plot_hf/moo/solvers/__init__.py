@@ -5,16 +5,18 @@ Gramian's dtype and device; the update direction is ``G^T lambda`` and ``ones(K)
 
 - ``cagrad``: FISTA on the simplex for CAGrad's dual, certified by the Frank-Wolfe gap;
 - ``mgda``: the min-norm point by a primal-dual interior-point method;
-- ``epo``: EPO's linear programs by a dual simplex method.
+- ``epo``: EPO's linear programs by a dual simplex method on the host, or an interior-point method on the
+  device.
 
-All run in float64 on the Gramian's device, without SciPy. ``cagrad`` and ``mgda`` take ``early_exit``: where
+All run in float64, without SciPy. All three take ``early_exit``: where
 host reads are allowed (default: CPU tensors) they check their arguments, warn about degenerate input and stop at
 convergence; elsewhere (default on accelerators) they run a fixed budget of iterations with no host read at all
-and return ``ones(K)`` for degenerate input through ``torch.where``. ``epo`` chooses its pivots on the host.
+and return ``ones(K)`` for degenerate input through ``torch.where`` (``epo`` then solves its LPs by the
+interior-point method, on the Gramian's device; with host reads, by the dual simplex method on the host).
 """
 
 from ._cagrad import cagrad, cagrad_objective
-from ._epo import epo, epo_lp, solve_simplex_lp
+from ._epo import epo, epo_lp, epo_lp_on_device, solve_simplex_lp
 from ._mgda import mgda, min_norm_weights
 from ._registry import (
     SOLVERS,
@@ -39,6 +41,7 @@ __all__ = [
     "degenerate_gramian",
     "epo",
     "epo_lp",
+    "epo_lp_on_device",
     "get_solver",
     "mgda",
     "min_norm_weights",

@@ -25,6 +25,12 @@ are recomputed from the tight rows at the end (see :func:`solve_simplex_lp`). ``
 before the logarithm (the reference gives ``-inf``). An infeasible LP (the reference returns ``None`` and
 crashes) falls back to the next mode: balance -> restricted descent -> relaxed descent (always feasible: the
 MGDA weights satisfy it) -> the MGDA weights themselves. Degenerate Gramians give ``ones(K)`` with a warning.
+
+On accelerators (``early_exit=False``) nothing is read on the host: every LP of that chain is solved by a
+fixed-budget homogeneous self-dual interior-point method on the Gramian's device
+(:func:`~plot_hf.moo.solvers._lp_ipm.solve_simplex_lp_ipm`, which also certifies feasibility), and the first
+feasible one is picked with ``torch.where`` (:func:`epo_lp_on_device`); degenerate Gramians give ``ones(K)``
+silently.
 """
 
 from __future__ import annotations
@@ -36,9 +42,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ._lp_ipm import solve_simplex_lp_ipm
+from ._mgda import min_norm_weights
 from ._registry import finish, prepare, register_solver
+from ._simplex import host_sync_allowed
 
-__all__ = ["epo", "epo_lp", "solve_simplex_lp"]
+__all__ = ["epo", "epo_lp", "epo_lp_on_device", "solve_simplex_lp"]
 
 _FEASIBILITY = 1e-11  # a basic variable below -this (scaled units) violates its bound
 _CERTIFICATE = 1e-9  # a violation at least this large with no pivot candidate proves infeasibility
@@ -273,11 +282,12 @@ def _violation(mat: Tensor, rhs: Tensor, x: Tensor) -> float:
     return float(torch.cat([rhs - mat @ x, x.neg(), x.new_zeros(1)]).max())
 
 
-def _adjustments(losses: Tensor, pref: Tensor) -> tuple[Tensor, float, Tensor]:
+def _adjustments(losses: Tensor, pref: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """``(rl, mu, a)``: the relative losses, their non-uniformity ``mu`` (0-d tensor) and the direction ``a``."""
     k = losses.numel()
     rl = pref * losses
     l_hat = (rl / rl.sum()).clamp_min(torch.finfo(rl.dtype).tiny)
-    mu = float((l_hat * torch.log(l_hat * k)).sum())
+    mu = (l_hat * torch.log(l_hat * k)).sum()
     return rl, mu, pref * (torch.log(l_hat * k) - mu)
 
 
@@ -285,7 +295,7 @@ def epo_lp(c: Tensor, losses: Tensor, pref: Tensor, *, eps: float = 1e-4, relax:
     """The EPO LP solution ``(alpha, mode)`` with mode in {"balance", "descent", "relaxed", "mgda"}."""
     rl, mu, adj = _adjustments(losses, pref)
     ca = c @ adj
-    if mu > eps:
+    if float(mu) > eps:
         positive = ca > 0
         if bool(positive.any()):
             worst = rl >= rl.max()
@@ -305,9 +315,43 @@ def epo_lp(c: Tensor, losses: Tensor, pref: Tensor, *, eps: float = 1e-4, relax:
     alpha = solve_simplex_lp(total, c, torch.zeros_like(ca))
     if alpha is not None:
         return alpha, "relaxed"
-    from ._mgda import min_norm_weights
-
     return min_norm_weights(c), "mgda"
+
+
+def epo_lp_on_device(
+    c: Tensor, losses: Tensor, pref: Tensor, *, eps: float = 1e-4, relax: bool = False
+) -> Tensor:
+    """The ``alpha`` of :func:`epo_lp` without a host read (for accelerators).
+
+    Every LP of the fallback chain is solved by the fixed-budget interior-point method
+    (:func:`solve_simplex_lp_ipm`), and the first feasible one in the order balance -> restricted descent ->
+    relaxed descent -> MGDA is picked with ``torch.where``. The balance LP's row set depends on the data;
+    rows left out become ``0^T alpha >= 0`` (always satisfied, and scale-free: a right-hand side of
+    -1 would set the rounding-noise floor of a tiny Gramian), so every LP keeps a fixed shape. The LP
+    optimum is unique up to ties, where the interior-point method lands in the middle of the optimal face
+    and the simplex method on a vertex of it: same objective, possibly other weights.
+    """
+    rl, mu, adj = _adjustments(losses, pref)
+    ca = c @ adj
+    zeros = torch.zeros_like(ca)
+    positive = ca > 0
+    worst = rl >= rl.max()
+    all_rows = ~positive.any()  # no (C a)_j > 0: C alpha >= 0 for every j
+    kept = ~positive | worst | all_rows
+    h = torch.where(worst | all_rows, zeros, ca)
+    balance, balance_ok = solve_simplex_lp_ipm(
+        ca, torch.where(kept[:, None], c, 0.0), torch.where(kept, h, 0.0)
+    )
+    total = c.sum(dim=0)
+    relaxed, relaxed_ok = solve_simplex_lp_ipm(total, c, zeros)
+    if relax:
+        descent, descent_ok = relaxed, relaxed_ok
+    else:
+        bound = torch.clamp(ca.max(), max=0.0).reshape(1)
+        descent, descent_ok = solve_simplex_lp_ipm(total, torch.cat([ca[None], c]), torch.cat([bound, zeros]))
+    alpha = torch.where(relaxed_ok, relaxed, min_norm_weights(c, early_exit=False))
+    alpha = torch.where(descent_ok, descent, alpha)
+    return torch.where(balance_ok & (mu > eps), balance, alpha)
 
 
 @register_solver("epo")
@@ -318,8 +362,13 @@ def epo(
     anchor: Tensor | None = None,
     eps: float = 1e-4,
     relax: bool = False,
+    early_exit: bool | None = None,
 ) -> Tensor:
     """EPO coefficients ``K * alpha`` (K,); needs the K class ``losses``; ``anchor`` is the preference r.
+
+    ``early_exit`` as in :func:`plot_hf.moo.solvers.cagrad`: where host reads are allowed (default on a CPU)
+    the LPs are solved by the dual simplex method (:func:`epo_lp`), else by a fixed-budget interior-point
+    method on the Gramian's device (:func:`epo_lp_on_device`).
 
     Example:
         >>> import torch
@@ -329,8 +378,12 @@ def epo(
     """
     if not (isinstance(eps, int | float) and eps >= 0):
         raise ValueError(f"`eps` must be a number >= 0, got {eps!r}.")
-    problem = prepare(gramian, anchor=anchor, losses=losses, needs_losses=True)
+    sync = host_sync_allowed(gramian, early_exit)
+    problem = prepare(gramian, anchor=anchor, losses=losses, needs_losses=True, check_values=sync)
     if problem.fallback is not None:
         return problem.fallback
-    alpha, _ = epo_lp(problem.gramian, problem.losses, problem.anchor, eps=eps, relax=relax)
-    return finish(gramian.shape[0] * alpha, gramian)
+    if sync:
+        alpha, _ = epo_lp(problem.gramian, problem.losses, problem.anchor, eps=eps, relax=relax)
+    else:
+        alpha = epo_lp_on_device(problem.gramian, problem.losses, problem.anchor, eps=eps, relax=relax)
+    return finish(gramian.shape[0] * alpha, gramian, problem.degenerate)
