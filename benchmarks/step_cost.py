@@ -13,7 +13,8 @@ direction ``G^T lambda`` to the exact one on a partly trained network). ``--quic
 ``--device cuda``: models, inputs, the solver table and the fidelity table on the GPU, each timed call
 followed by ``torch.cuda.synchronize``; the default mode there is the one ``moo_gradient_method="auto"`` picks
 on an accelerator (exact, batched); peak memory is the growth of ``torch.cuda.max_memory_allocated`` (in
-process). ``--skip memory,fidelity,solvers`` leaves tables out; ``--classes 100`` runs one class count only.
+process). ``--skip timing,memory,fidelity,solvers`` leaves tables out (without
+the timing: no overhead table and no last line); ``--classes 100`` runs one class count only.
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ from plot_hf.moo.solvers import SOLVERS, cagrad_objective
 from plot_hf.step import PLOTStep
 from plot_hf.trainer import class_prior_anchor, resolve_gradient_method, resolve_moo_parameters
 
-SKIPPABLE = ("memory", "fidelity", "solvers")
+SKIPPABLE = ("timing", "memory", "fidelity", "solvers")
 CPU = torch.device("cpu")
 
 
@@ -537,25 +538,26 @@ def main(argv: list[str] | None = None) -> None:
     print(f"# step cost: {cfg['arch']}, batch {cfg['batch']}, {cfg['image']}x{cfg['image']}, {on}, "
           f"{torch.get_num_threads()} threads, torch {torch.__version__}, {cfg['reps']} interleaved reps (medians)")
     ratios: dict[int, dict[str, float]] = {}
-    for num_classes, present in zip(cfg["classes"], cfg["present"], strict=True):
-        med = time_variants(cfg, num_classes, present, device=device)
-        ratios[num_classes] = {n: t / med["vanilla"] for n, t in med.items()}
-        print(f"\n## {num_classes} classes ({present} present in the batch)\n")
-        print("| variant | median step (s) | / vanilla (BN) | / vanilla (GN) |\n|---|---|---|---|")
-        for n, t in med.items():
-            gn = f"{t / med['vanilla (GN)']:.2f}x" if "GN" in n else ""
-            print(f"| {n} | {t:.3f} | {t / med['vanilla']:.2f}x | {gn} |")
-        sys.stdout.flush()
-    big = cfg["classes"][-1]
-    plot_epochs, epochs = 30, 200  # recipes/cifar100_lt.yaml: moo_until_epoch 30 of num_train_epochs 200
-    print(f"\n## whole-training overhead of the CIFAR-100-LT recipe (PLOT for {plot_epochs} of {epochs} epochs), "
-          f"projected from the step ratios at {big} classes\n")
-    print("| mode | PLOT step / vanilla | training / vanilla |\n|---|---|---|")
-    for n in dict.fromkeys((default, "exact (loop)", "exact (batched)", "per_sample_split (GN)")):
-        if n in ratios[big]:
-            step_ratio = ratios[big][n] / (ratios[big]["vanilla (GN)"] if "GN" in n else 1.0)
-            overall = (plot_epochs * step_ratio + epochs - plot_epochs) / epochs
-            print(f"| {n}{' (default)' if n == default else ''} | {step_ratio:.2f}x | {overall:.2f}x |")
+    if "timing" not in skip:
+        for num_classes, present in zip(cfg["classes"], cfg["present"], strict=True):
+            med = time_variants(cfg, num_classes, present, device=device)
+            ratios[num_classes] = {n: t / med["vanilla"] for n, t in med.items()}
+            print(f"\n## {num_classes} classes ({present} present in the batch)\n")
+            print("| variant | median step (s) | / vanilla (BN) | / vanilla (GN) |\n|---|---|---|---|")
+            for n, t in med.items():
+                gn = f"{t / med['vanilla (GN)']:.2f}x" if "GN" in n else ""
+                print(f"| {n} | {t:.3f} | {t / med['vanilla']:.2f}x | {gn} |")
+            sys.stdout.flush()
+        big = cfg["classes"][-1]
+        plot_epochs, epochs = 30, 200  # recipes/cifar100_lt.yaml: moo_until_epoch 30 of num_train_epochs 200
+        print(f"\n## whole-training overhead of the CIFAR-100-LT recipe (PLOT for {plot_epochs} of {epochs} epochs), "
+              f"projected from the step ratios at {big} classes\n")
+        print("| mode | PLOT step / vanilla | training / vanilla |\n|---|---|---|")
+        for n in dict.fromkeys((default, "exact (loop)", "exact (batched)", "per_sample_split (GN)")):
+            if n in ratios[big]:
+                step_ratio = ratios[big][n] / (ratios[big]["vanilla (GN)"] if "GN" in n else 1.0)
+                overall = (plot_epochs * step_ratio + epochs - plot_epochs) / epochs
+                print(f"| {n}{' (default)' if n == default else ''} | {step_ratio:.2f}x | {overall:.2f}x |")
     if cfg["mem"] and "memory" not in skip:
         big, present = cfg["classes"][-1], cfg["present"][-1]
         how = ("RSS growth over 2 steps, sampled at 1 kHz, fresh process" if device.type == "cpu" else
@@ -596,6 +598,8 @@ def main(argv: list[str] | None = None) -> None:
             print(f"| {n} | " + " | ".join(f"{fids[c].get(n, float('nan')):.4f}" for c in fids) + " |")
         exact = ["exact (tests: 1e-5)"] + ["exact"] * (len(fids) - 1)
         print("| per_sample_split (GN) | " + " | ".join(exact) + " |")
+    if "timing" in skip:
+        return
     r = ratios[big]
     if device.type != "cpu":
         print(f"\n(on {device.type}, both the default mode and \"exact\" below are {default}: "

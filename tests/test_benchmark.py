@@ -70,6 +70,17 @@ def test_one_class_count_and_no_solver_table(capsys):
     assert match and match.group(1) == "4"
 
 
+def test_skip_timing_leaves_out_the_step_tables_and_the_summary(capsys, monkeypatch):
+    def no_timing(*args, **kwargs):
+        raise AssertionError("time_variants ran although --skip timing")
+
+    monkeypatch.setattr(step_cost, "time_variants", no_timing)
+    step_cost.main(["--quick", "--skip", "timing,memory,fidelity"])
+    out = capsys.readouterr().out
+    assert "## solvers" in out and "## 4 classes" not in out and "overhead" not in out
+    assert not re.search(SUMMARY, out)
+
+
 def test_time_variants_synchronises_the_device_before_each_clock_read(monkeypatch):
     calls: list[torch.device] = []
     monkeypatch.setattr(step_cost, "synchronize", calls.append)
@@ -93,7 +104,7 @@ def test_default_mode_is_what_auto_resolves_to():
         (["--device", "cuda"], "--device cuda: CUDA is not available"),
         (["--device", "cuda:0", "--quick"], "--device cuda:0: CUDA is not available"),
         (["--device", "tpu"], "--device tpu:"),
-        (["--quick", "--skip", "memory,timing"], "unknown timing; choose from memory, fidelity, solvers"),
+        (["--quick", "--skip", "memory,speed"], "unknown speed; choose from timing, memory, fidelity, solvers"),
         (["--quick", "--classes", "100"], "--classes 100: choose among 4,12"),
     ],
 )
