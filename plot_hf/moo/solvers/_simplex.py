@@ -66,7 +66,8 @@ def minimize_on_simplex(
     tol: float,
     floor: Tensor | float = 0.0,
     early_exit: bool | None = None,
-) -> Tensor:
+    return_gap: bool = False,
+) -> Tensor | tuple[Tensor, Tensor]:
     """Minimise a smooth convex ``f(x)`` that depends on ``x`` through ``x`` and ``A x`` over the simplex.
 
     FISTA (Beck & Teboulle 2009) with gradient-based adaptive restart (O'Donoghue & Candes 2015). Each
@@ -78,6 +79,8 @@ def minimize_on_simplex(
     ``g^T x - min_k g_k`` (an upper bound on ``f(x) - f*`` for convex ``f``) is at most
     ``tol * max(|f(x)|, magnitude(x), floor)``; from then on the state is frozen. Returns the best iterate.
     ``early_exit``: stop the loop at convergence (a host read per iteration; default: on a CPU only).
+    ``return_gap``: also return ``f(best) - max_i (f(x_i) - gap(x_i))``, an upper bound on ``f(best) - f*``
+    (each ``f(x_i) - gap(x_i)`` is a lower bound on ``f*``).
     """
     dtype, device = a.dtype, a.device
     ladder = torch.tensor([2.0**j for j in range(-1, _LADDER - 1)], dtype=dtype, device=device)
@@ -91,6 +94,7 @@ def minimize_on_simplex(
     y, ay, gy = x, ax, g
     t = torch.ones((), dtype=dtype, device=device)
     best_x, best_f = x, torch.full((), torch.inf, dtype=dtype, device=device)
+    lower = torch.full((), -torch.inf, dtype=dtype, device=device)
     done = torch.zeros((), dtype=torch.bool, device=device)
     for _ in range(max_iter):
         lips = lip * ladder  # (J,)
@@ -112,6 +116,7 @@ def minimize_on_simplex(
         improved = (f_new < best_f) & ~done
         best_x = torch.where(improved, x_new, best_x)
         best_f = torch.where(improved, f_new, best_f)
+        lower = torch.where(done, lower, torch.maximum(lower, f_new - gap))
         done = done | ~torch.isfinite(f_new) | (gap <= tol * torch.maximum(f_new.abs(), torch.maximum(mag, floor)))
         if stop_early and bool(done):
             break
@@ -127,4 +132,4 @@ def minimize_on_simplex(
         x, ax = torch.where(keep, x, x_new), torch.where(keep, ax, ax_new)
         t = torch.where(keep, t, t_new)
         lip = torch.where(keep, lip, lip_new)
-    return best_x
+    return (best_x, best_f - lower) if return_gap else best_x
