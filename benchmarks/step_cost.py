@@ -328,15 +328,21 @@ def solver_table(ks: tuple[int, ...], reference_up_to: int, device: torch.device
     "sync-free" (no host read, a fixed budget: the default on accelerators; EPO by its interior-point method on
     the device). Families: "random"
     (rank-64 + noise: for K >~ 300 the hull nearly contains 0, the hard case for MGDA) and "common" (plus a
-    shared direction, as real per-class gradients have). Gap > 0: ours is worse; EPO's LP is checked
+    shared direction, as real per-class gradients have) and "scaled" (nearly orthogonal gradients with norms over
+    4.5 decades, as late in training: the ill-conditioned case for CAGrad). Gap > 0: ours is worse; EPO's LP is checked
     against HiGHS in the tests (tests/test_epo_lp.py). On CUDA the solvers run on the device, in their default
     mode there (sync-free, a fixed budget), and the gaps are computed on host copies."""
-    from benchmarks.references import clarabel_cagrad, clarabel_min_norm, gramian  # Clarabel: this table only
+    from benchmarks.references import (  # Clarabel: this table only
+        clarabel_cagrad,
+        clarabel_min_norm,
+        gramian,
+        scaled_gramian,
+    )
 
     rows = []
-    for family, common in (("random", 0.0), ("common", 1.0)):
+    for family in ("random", "common", "scaled"):
         for k in ks:
-            a = gramian(k, common, seed=k)
+            a = scaled_gramian(k, seed=k) if family == "scaled" else gramian(k, float(family == "common"), seed=k)
             anchor = torch.as_tensor(np.random.default_rng(k).dirichlet(np.ones(k)))
             losses = torch.rand(k, generator=torch.Generator().manual_seed(k), dtype=torch.float64) + 0.5
             on_device = {"a": a.to(device), "anchor": anchor.to(device), "losses": losses.to(device)}
