@@ -180,21 +180,28 @@ def test_strictly_feasible_random_lps(k: int) -> None:
         assert_matches_highs(rng.standard_normal(k), m, h)
 
 
-def test_infeasible_lps_give_none() -> None:
+def infeasible_lps() -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """``(cost, M, h)`` of LPs infeasible by a clear margin (shared with tests/test_lp_ipm.py)."""
     rng = np.random.default_rng(0)
     k = 20
     m = rng.standard_normal((10, k))
     cost = rng.standard_normal(k)
     h = np.zeros(10)
     h[3] = m[3].max() + 0.1  # row 3 exceeds its largest value on the simplex
-    assert_infeasible(cost, m, h)
-    pair = np.vstack([m[0], -m[0]])  # m_0 x >= t and m_0 x <= t - 0.01
-    t = float(m[0].mean())
-    assert_infeasible(cost, pair, np.array([t, -t + 0.01]))
-    assert_infeasible(cost, np.zeros((2, k)), np.array([0.0, 1e-3]))  # a zero row with h > 0
+    t = float(m[0].mean())  # m_0 x >= t and m_0 x <= t - 0.01
     g = rng.standard_normal((k, 4))  # C x >= 1 with a Gramian scaled so that C x <= max C_ij < 1
     c = g @ g.T
-    assert_infeasible(c.sum(0), c / (2 * np.abs(c).max()), np.ones(k))
+    return [
+        (cost, m, h),
+        (cost, np.vstack([m[0], -m[0]]), np.array([t, -t + 0.01])),
+        (cost, np.zeros((2, k)), np.array([0.0, 1e-3])),  # a zero row with h > 0
+        (c.sum(0), c / (2 * np.abs(c).max()), np.ones(k)),
+    ]
+
+
+def test_infeasible_lps_give_none() -> None:
+    for lp in infeasible_lps():
+        assert_infeasible(*lp)
 
 
 def test_infeasible_at_k300() -> None:

@@ -26,7 +26,7 @@ from plot_hf.moo.solvers._epo import _adjustments
 from plot_hf.moo.solvers._lp_ipm import solve_simplex_lp_ipm
 
 from .helpers import forbid_host_reads
-from .test_epo_lp import benchmark_problem, class_gradients, epo_lps, highs
+from .test_epo_lp import benchmark_problem, class_gradients, epo_lps, highs, infeasible_lps
 
 DEVICE = torch.device(os.environ.get("PLOT_HF_TEST_DEVICE", "cpu"))
 ROW_TOLERANCE = 1e-8  # scaled units
@@ -225,19 +225,8 @@ def test_no_rows_one_and_two_variables() -> None:
 
 # ---------------------------------------------------------------- infeasible LPs
 def test_infeasible_lps() -> None:
-    rng = np.random.default_rng(0)
-    k = 20
-    m = rng.standard_normal((10, k))
-    cost = rng.standard_normal(k)
-    h = np.zeros(10)
-    h[3] = m[3].max() + 0.1  # row 3 exceeds its largest value on the simplex
-    assert_infeasible(cost, m, h)
-    t = float(m[0].mean())  # m_0 x >= t and m_0 x <= t - 0.01
-    assert_infeasible(cost, np.vstack([m[0], -m[0]]), np.array([t, -t + 0.01]))
-    assert_infeasible(cost, np.zeros((2, k)), np.array([0.0, 1e-3]))  # a zero row with h > 0
-    g = rng.standard_normal((k, 4))  # C x >= 1 with a Gramian scaled so that C x <= max C_ij < 1
-    c = g @ g.T
-    assert_infeasible(c.sum(0), c / (2 * np.abs(c).max()), np.ones(k))
+    for lp in infeasible_lps():
+        assert_infeasible(*lp)
 
 
 @pytest.mark.parametrize("margin", [1e-2, 1e-4])
