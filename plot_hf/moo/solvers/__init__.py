@@ -4,7 +4,7 @@
 Gramian's dtype and device; the update direction is ``G^T lambda`` and ``ones(K)`` is the plain gradient.
 
 - ``cagrad``: CAGrad's dual by a primal-dual interior-point method on its cone form, certified by the
-  duality gap (on a CPU for K >= 400, FISTA first when its Frank-Wolfe gap certifies the same tolerance);
+  duality gap (on a CPU for K >= 400, on working sets of classes, certified on the whole problem);
 - ``mgda``: the min-norm point by a primal-dual interior-point method;
 - ``epo``: EPO's linear programs by a dual simplex method on the host, or an interior-point method on the
   device.

@@ -56,7 +56,7 @@ from torch import Tensor
 
 from ._simplex import host_sync_allowed
 
-__all__ = ["cagrad_dual_ipm"]
+__all__ = ["DualSolution", "cagrad_dual_ipm", "solve_cagrad_dual"]
 
 _EPS = 1e-8  # CAGrad's regulariser inside the square root
 _FRACTION_TO_BOUNDARY = 0.97
@@ -108,15 +108,32 @@ def cagrad_dual_ipm(
     ``early_exit``: stop at convergence (reads one flag per iteration on the host; default: on a CPU only).
     Returns the best iterate by ``F`` (clamped at 0 and renormalised onto the simplex).
     """
-    k, dtype, device = a.shape[0], a.dtype, a.device
     stop_early = host_sync_allowed(a, early_exit)
-    scale = a.diagonal().mean().clamp_min(torch.finfo(dtype).tiny)
-    a = a / scale  # units: mean diag A = 1
+    return solve_cagrad_dual(a, a @ anchor, c, a.diagonal().mean(), max_iter=max_iter, tol=tol,
+                             stop_early=stop_early).w
+
+
+class DualSolution(NamedTuple):
+    """``w``: the best iterate by ``F`` (on the simplex); ``zeta``: the last iterate's dual vector, whose
+    bound ``D(zeta)`` (see the module) certifies ``w``."""
+
+    w: Tensor
+    zeta: Tensor
+
+
+def solve_cagrad_dual(
+    a: Tensor, ab: Tensor, c: Tensor | float, scale: Tensor, *, max_iter: int, tol: float, stop_early: bool
+) -> DualSolution:
+    """The interior-point method on the problem with data ``A`` and ``A b`` given apart (``ab``: a restricted
+    problem ``A_SS``, ``(A b)_S`` keeps the full anchor), in units where ``scale`` (``mean diag A`` of the
+    full problem, so that tolerances mean the same for a restricted one) is 1."""
+    k, dtype, device = a.shape[0], a.dtype, a.device
+    scale = scale.clamp_min(torch.finfo(dtype).tiny)
+    a, ab = a / scale, ab / scale  # units: mean diag A = 1
     c = c.to(dtype=dtype, device=device) if isinstance(c, Tensor) else torch.full((), c, dtype=dtype, device=device)
     c = (c / torch.sqrt(scale)).clamp_min(torch.finfo(dtype).tiny)
     eye3 = torch.eye(3, dtype=dtype, device=device)  # built on the device: no host-to-device copy
     eps = _EPS / scale
-    ab = a @ anchor
     problem = _Problem(
         a=a,
         ab=ab,
@@ -147,7 +164,7 @@ def cagrad_dual_ipm(
         if stop_early and bool(state.done):
             break
     w = state.best_w.clamp_min(0.0)
-    return w / w.sum()
+    return DualSolution(w / w.sum(), state.vectors[2])
 
 
 def _iteration(pb: _Problem, state: _State, stop_early: bool) -> _State:
