@@ -23,7 +23,7 @@ from scipy.optimize import linprog
 from plot_hf.moo.solvers import _epo as epo_module
 from plot_hf.moo.solvers import epo_lp
 from plot_hf.moo.solvers._epo import _adjustments
-from plot_hf.moo.solvers._lp_ipm import solve_simplex_lp_ipm
+from plot_hf.moo.solvers._lp_ipm import solve_simplex_lp_ipm, solve_simplex_lps_ipm
 
 from .helpers import forbid_host_reads
 from .test_epo_lp import benchmark_problem, class_gradients, epo_lps, highs, infeasible_lps
@@ -237,6 +237,65 @@ def test_infeasible_epo_shaped_lp_at_k200(margin: float) -> None:
     m = np.vstack([c, -c[:1]])  # c_0 x >= t and c_0 x <= t - margin max|c_0|; the other rows are inactive
     h = np.concatenate([[t], np.full(199, -np.abs(c).max()), [-t + margin * np.abs(c[0]).max()]])
     assert_infeasible(c.sum(0), m, h)
+
+
+# ---------------------------------------------------------------- batches
+def lps_of_one_shape() -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """LPs with n = 20 and 21 rows (the shorter ones padded with zero rows ``0^T x >= 0``): first the four of
+    ``infeasible_lps()``, then feasible ones, certified after different numbers of iterations (EPO's
+    balance, restricted descent and relaxed descent LPs: 11, 12, 12; a random LP: 11; one without rows: 6)."""
+    k, rows = 20, 21
+    rng = np.random.default_rng(11)
+    g = class_gradients(k, "low_rank", rng)
+    m = rng.standard_normal((12, k))
+    lps = [
+        *infeasible_lps(),
+        *epo_lps(g @ g.T, rng).values(),
+        (rng.standard_normal(k), m, m @ rng.dirichlet(np.ones(k)) + rng.normal(0.0, 0.3, 12)),
+        (rng.standard_normal(k), np.zeros((0, k)), np.zeros(0)),
+    ]
+    extra = [rows - len(m) for _, m, _ in lps]
+    return [
+        (cost, np.vstack([m, np.zeros((more, k))]), np.r_[h, np.zeros(more)])
+        for (cost, m, h), more in zip(lps, extra, strict=True)
+    ]
+
+
+@pytest.mark.parametrize("max_iter", [7, 50])
+def test_a_batch_gives_each_lp_its_own_result(max_iter: int) -> None:
+    """Each LP of a batch follows its own iteration (its own step lengths and regularisation, frozen when it
+    is done): LP by LP, the batch gives what solving it alone gives, without a host read; after 7 iterations
+    some LPs of the batch are certified and others not yet. ``x`` is compared where the LP is feasible: that
+    of an infeasible one is only some point of the simplex (polishing it on contradictory rows amplifies the
+    rounding of the batched products)."""
+    lps = lps_of_one_shape()
+    as_t = lambda v: torch.as_tensor(np.asarray(v, dtype=np.float64), device=DEVICE)  # noqa: E731
+    cost, m, h = (torch.stack([as_t(lp[part]) for lp in lps]) for part in range(3))
+    with forbid_host_reads():
+        x, feasible = solve_simplex_lps_ipm(cost, m, h, max_iter=max_iter)
+    assert x.shape == cost.shape and x.dtype == torch.float64 and x.device == cost.device
+    assert feasible.shape == (len(lps),) and feasible.dtype == torch.bool and feasible.device == cost.device
+    x_np = x.cpu().numpy()
+    assert np.isfinite(x_np).all() and x_np.min() >= 0.0 and np.abs(x_np.sum(axis=1) - 1.0).max() < 1e-12
+    alone = [solve(*lp, max_iter=max_iter) for lp in lps]
+    assert feasible.tolist() == [ok for _, ok in alone]
+    infeasible = len(infeasible_lps())
+    certified = feasible.tolist()[infeasible:]
+    assert not any(feasible.tolist()[:infeasible])
+    assert all(certified) if max_iter == 50 else 0 < sum(certified) < len(certified)
+    for i, (x_alone, _) in enumerate(alone[infeasible:], start=infeasible):
+        np.testing.assert_allclose(x_np[i], x_alone, rtol=0.0, atol=1e-12, err_msg=f"LP {i}")
+
+
+def test_a_batch_without_rows() -> None:
+    cost = np.random.default_rng(2).standard_normal((3, 6))
+    cost_t = torch.as_tensor(cost, device=DEVICE)
+    with forbid_host_reads():
+        x, feasible = solve_simplex_lps_ipm(cost_t, cost_t.new_zeros(3, 0, 6), cost_t.new_zeros(3, 0))
+    assert feasible.tolist() == [True] * 3
+    for i in range(3):
+        x_alone, _ = solve(cost[i], np.zeros((0, 6)), np.zeros(0))
+        np.testing.assert_allclose(x[i].cpu().numpy(), x_alone, rtol=0.0, atol=1e-12)
 
 
 # ---------------------------------------------------------------- odd input
