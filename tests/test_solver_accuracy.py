@@ -15,7 +15,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from benchmarks.references import clarabel_cagrad, clarabel_min_norm, gramian, scaled_gramian
 from plot_hf.moo.solvers import SOLVERS, DegenerateGramianWarning, cagrad_objective, epo_lp, min_norm_weights
 from plot_hf.moo.solvers import _cagrad as cagrad_module
-from plot_hf.moo.solvers import _cagrad_working_set as working_set_module
+from plot_hf.moo.solvers import _cagrad_working_set as cagrad_working_set_module
+from plot_hf.moo.solvers import _working_set as working_set_module
 from plot_hf.moo.solvers._cagrad import _solve_dual
 from plot_hf.moo.solvers._cagrad_ipm import cagrad_dual_ipm
 from plot_hf.moo.solvers._cagrad_working_set import cagrad_dual_working_set
@@ -139,24 +140,29 @@ def test_cagrad_dual_working_set_grown_from_one_class_matches_clarabel(family: s
     a = scaled_gramian(k, 6, 2.0) if family == "scaled" else gramian(k, float(family == "common"), seed=6)
     anchor = torch.as_tensor(np.random.default_rng(k + 6).dirichlet(np.ones(k)))
     c = 0.5 * math.sqrt(float(a.mean()) + 1e-8) + 1e-8
-    monkeypatch.setattr(working_set_module, "_FIRST_SIZE", 1)
-    monkeypatch.setattr(working_set_module, "_FIRST_FRACTION", 10**9)
-    monkeypatch.setattr(working_set_module, "_MIN_GROWTH", 1)
-    monkeypatch.setattr(working_set_module, "_MAX_FRACTION", 1.0)
+    _start_working_sets_from_one_class(monkeypatch)
     sizes: list[int] = []
-    restricted = working_set_module.solve_cagrad_dual
+    restricted = cagrad_working_set_module.solve_cagrad_dual
 
     def spy(a_s, *args, **kwargs):
         sizes.append(a_s.shape[0])
         return restricted(a_s, *args, **kwargs)
 
-    monkeypatch.setattr(working_set_module, "solve_cagrad_dual", spy)
+    monkeypatch.setattr(cagrad_working_set_module, "solve_cagrad_dual", spy)
     w = cagrad_dual_working_set(a, anchor, c, max_iter=60, tol=1e-9)
     assert w is not None and abs(float(w.sum()) - 1) < 1e-12 and float(w.min()) >= 0
     ours = float(cagrad_objective(w, a, anchor, c))
     ref = clarabel_cagrad(a.numpy(), anchor.numpy(), c)
     assert ours <= ref + 1e-5 * abs(ref), (ours, ref)
     assert len(sizes) >= 3 and sizes[0] == 1 and sizes == sorted(sizes), sizes
+
+
+def _start_working_sets_from_one_class(monkeypatch) -> None:
+    """Working sets that start with one class, grow by one or by doubling, and never give up for size."""
+    monkeypatch.setattr(working_set_module, "_FIRST_SIZE", 1)
+    monkeypatch.setattr(working_set_module, "_FIRST_FRACTION", 10**9)
+    monkeypatch.setattr(working_set_module, "_MIN_GROWTH", 1)
+    monkeypatch.setattr(working_set_module, "_MAX_FRACTION", 1.0)
 
 
 def _kink_gramian(kind: str) -> torch.Tensor:

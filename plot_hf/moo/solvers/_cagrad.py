@@ -40,6 +40,7 @@ from ._cagrad_ipm import cagrad_dual_ipm
 from ._cagrad_working_set import cagrad_dual_working_set
 from ._registry import finish, prepare, register_solver
 from ._simplex import host_sync_allowed
+from ._working_set import WORKING_SET_MIN_K
 
 __all__ = ["cagrad", "cagrad_objective"]
 
@@ -49,7 +50,6 @@ _EPS = 1e-8
 # at most 18 on the benchmark families and 20 on harder ones; ~8,000 torch operations per call)
 _MAX_ITER_EARLY_EXIT = 60
 _MAX_ITER_SYNC_FREE = 24
-_WORKING_SET_MIN_K = 400  # early-exit mode from this K on: working sets of classes first (see _solve_dual)
 
 
 def cagrad_objective(w: Tensor, gramian: Tensor, anchor: Tensor, c: float | Tensor) -> Tensor:
@@ -70,7 +70,7 @@ def _solve_dual(
     (:func:`~plot_hf.moo.solvers._cagrad_working_set.cagrad_dual_working_set`); on the whole problem when
     that set would exceed half of the classes.
     """
-    if a.shape[0] >= _WORKING_SET_MIN_K and host_sync_allowed(a, early_exit):
+    if a.shape[0] >= WORKING_SET_MIN_K and host_sync_allowed(a, early_exit):
         w = cagrad_dual_working_set(a, anchor, c, max_iter=max_iter, tol=tol)
         if w is not None:
             return w
