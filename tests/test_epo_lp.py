@@ -215,30 +215,44 @@ def test_infeasible_at_k300() -> None:
 
 
 # ---------------------------------------------------------------- degenerate LPs
-@pytest.mark.parametrize("k", [4, 25])
-def test_ties_in_the_cost(k: int) -> None:
+def tie_lps(k: int) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """LPs ``C x >= 0`` with ties in the cost: all equal (every feasible point is optimal), all zero, and
+    pairs of equal costs (shared with tests/test_lp_ipm.py)."""
     rng = np.random.default_rng(k)
     g = class_gradients(k, "plain", rng)
     c = g @ g.T
-    assert_matches_highs(np.ones(k), c, np.zeros(k))  # every feasible point is optimal
-    assert_matches_highs(np.zeros(k), c, np.zeros(k))
-    cost = np.repeat(rng.standard_normal((k + 1) // 2), 2)[:k]  # pairs of equal costs
-    assert_matches_highs(cost, c, np.zeros(k))
+    pairs = np.repeat(rng.standard_normal((k + 1) // 2), 2)[:k]
+    return [(cost, c, np.zeros(k)) for cost in (np.ones(k), np.zeros(k), pairs)]
+
+
+@pytest.mark.parametrize("k", [4, 25])
+def test_ties_in_the_cost(k: int) -> None:
+    for lp in tie_lps(k):
+        assert_matches_highs(*lp)
+
+
+def zero_and_duplicate_row_lps(k: int) -> tuple[list, list]:
+    """``(lps, feasible)``: EPO's LPs for a Gramian with zero rows and columns (zero gradients), and the
+    relaxed one with every row repeated 3 times or with zero rows appended (shared with tests/test_lp_ipm.py)."""
+    rng = np.random.default_rng(k + 1)
+    g = class_gradients(k, "common", rng)
+    g[rng.random(k) < 0.3] = 0.0  # zero gradients: zero rows and columns of C
+    lps = epo_lps(g @ g.T, rng)
+    cost, m, h = lps["relaxed"]
+    feasible = [
+        (cost, np.repeat(m, 3, axis=0), np.repeat(h, 3)),
+        (cost, np.vstack([m, np.zeros((3, k))]), np.concatenate([h, [0.0, -1.0, 0.0]])),
+    ]
+    return list(lps.values()), feasible
 
 
 @pytest.mark.parametrize("k", [6, 40])
 def test_zero_and_duplicate_rows(k: int) -> None:
-    rng = np.random.default_rng(k + 1)
-    g = class_gradients(k, "common", rng)
-    g[rng.random(k) < 0.3] = 0.0  # zero gradients: zero rows and columns of C
-    c = g @ g.T
-    lps = epo_lps(c, rng)
-    for lp in lps.values():
+    lps, feasible = zero_and_duplicate_row_lps(k)
+    for lp in lps:
         assert_agrees_with_highs(*lp)
-    cost, m, h = lps["relaxed"]
-    duplicated = np.repeat(m, 3, axis=0)
-    assert_matches_highs(cost, duplicated, np.repeat(h, 3))
-    assert_matches_highs(cost, np.vstack([m, np.zeros((3, k))]), np.concatenate([h, [0.0, -1.0, 0.0]]))
+    for lp in feasible:
+        assert_matches_highs(*lp)
 
 
 @pytest.mark.parametrize("k", [5, 30])

@@ -26,7 +26,15 @@ from plot_hf.moo.solvers._epo import _adjustments
 from plot_hf.moo.solvers._lp_ipm import solve_simplex_lp_ipm, solve_simplex_lps_ipm
 
 from .helpers import forbid_host_reads
-from .test_epo_lp import benchmark_problem, class_gradients, epo_lps, highs, infeasible_lps
+from .test_epo_lp import (
+    benchmark_problem,
+    class_gradients,
+    epo_lps,
+    highs,
+    infeasible_lps,
+    tie_lps,
+    zero_and_duplicate_row_lps,
+)
 
 DEVICE = torch.device(os.environ.get("PLOT_HF_TEST_DEVICE", "cpu"))
 ROW_TOLERANCE = 1e-8  # scaled units
@@ -177,25 +185,17 @@ def test_random_lps_agree_with_highs(k: int, seed: int) -> None:
 # ---------------------------------------------------------------- degenerate LPs
 @pytest.mark.parametrize("k", [4, 25])
 def test_ties_in_the_cost(k: int) -> None:
-    rng = np.random.default_rng(k)
-    g = class_gradients(k, "plain", rng)
-    c = g @ g.T
-    assert_matches_highs(np.ones(k), c, np.zeros(k))  # every feasible point is optimal
-    assert_matches_highs(np.zeros(k), c, np.zeros(k))
-    assert_matches_highs(np.repeat(rng.standard_normal((k + 1) // 2), 2)[:k], c, np.zeros(k))  # pairs of ties
+    for lp in tie_lps(k):
+        assert_matches_highs(*lp)
 
 
 @pytest.mark.parametrize("k", [6, 40])
 def test_zero_and_duplicate_rows(k: int) -> None:
-    rng = np.random.default_rng(k + 1)
-    g = class_gradients(k, "common", rng)
-    g[rng.random(k) < 0.3] = 0.0  # zero gradients: zero rows and columns of C
-    lps = epo_lps(g @ g.T, rng)
-    for lp in lps.values():
+    lps, feasible = zero_and_duplicate_row_lps(k)
+    for lp in lps:
         assert_agrees_with_highs(*lp)
-    cost, m, h = lps["relaxed"]
-    assert_matches_highs(cost, np.repeat(m, 3, axis=0), np.repeat(h, 3))
-    assert_matches_highs(cost, np.vstack([m, np.zeros((3, k))]), np.concatenate([h, [0.0, -1.0, 0.0]]))
+    for lp in feasible:
+        assert_matches_highs(*lp)
 
 
 @pytest.mark.parametrize("seed", range(3))
