@@ -56,7 +56,7 @@ from torch import Tensor
 
 from ._simplex import host_sync_allowed
 
-__all__ = ["DualSolution", "cagrad_dual_ipm", "solve_cagrad_dual"]
+__all__ = ["DualSolution", "cagrad_dual_ipm", "dual_bound", "solve_cagrad_dual"]
 
 _EPS = 1e-8  # CAGrad's regulariser inside the square root
 _FRACTION_TO_BOUNDARY = 0.97
@@ -111,6 +111,15 @@ def cagrad_dual_ipm(
     stop_early = host_sync_allowed(a, early_exit)
     return solve_cagrad_dual(a, a @ anchor, c, a.diagonal().mean(), max_iter=max_iter, tol=tol,
                              stop_early=stop_early).w
+
+
+def dual_bound(ab: Tensor, a_zeta: Tensor, zeta_a_zeta: Tensor, c: Tensor, delta: Tensor) -> tuple[Tensor, Tensor]:
+    """``(terms, D)``: the certificate ``D(rho zeta) = min_k terms_k + delta sqrt(c^2 - rho^2 zeta^T A zeta)``
+    with ``terms = A b - rho A zeta`` and ``rho = min(1, c / sqrt(zeta^T A zeta))`` (so that ``rho^2 zeta^T A
+    zeta <= c^2``): a lower bound on ``F*`` for any ``zeta`` (weak duality, see the module)."""
+    rho = torch.clamp(c / torch.sqrt(zeta_a_zeta), max=1.0)
+    terms = ab - rho * a_zeta
+    return terms, terms.min() + delta * torch.sqrt((c * c - zeta_a_zeta).clamp_min(0.0))
 
 
 class DualSolution(NamedTuple):
@@ -183,9 +192,7 @@ def _iteration(pb: _Problem, state: _State, stop_early: bool) -> _State:
     lin = w @ ab
     cs = c * torch.sqrt(q)
     f = lin + cs
-    # certificate D(rho zeta) with rho = min(1, c / sqrt(zeta^T A zeta)), so that rho^2 zeta^T A zeta <= c^2
-    rho = torch.clamp(c / torch.sqrt(m0), max=1.0)
-    lower = (ab - rho * azeta).min() + delta * torch.sqrt((c2 - m0).clamp_min(0.0))
+    lower = dual_bound(ab, azeta, m0, c, delta)[1]
     better = f < state.best_f  # frozen iterates are never better than themselves
     best_w, best_f = torch.where(better, w, state.best_w), torch.where(better, f, state.best_f)
     done = state.done | (f - lower <= pb.tol * torch.maximum(lin.abs() + cs, c))

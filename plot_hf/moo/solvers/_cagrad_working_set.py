@@ -27,7 +27,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ._cagrad_ipm import solve_cagrad_dual
+from ._cagrad_ipm import dual_bound, solve_cagrad_dual
 from ._working_set import solve_on_working_sets
 
 __all__ = ["cagrad_dual_working_set"]
@@ -54,10 +54,7 @@ def cagrad_dual_working_set(
                                         stop_early=True)
         a_cols = a[:, index]
         a_zeta, a_w = a_cols @ zeta_s, a_cols @ w_s  # A zeta, A w for zeta, w supported on S
-        m0 = (zeta_s @ a_zeta[index]).clamp_min(0.0)
-        rho = torch.clamp(c / torch.sqrt(m0), max=1.0)
-        terms = ab - rho * a_zeta
-        lower = terms.min() + delta * torch.sqrt((c * c - rho * rho * m0).clamp_min(0.0))
+        terms, lower = dual_bound(ab, a_zeta, (zeta_s @ a_zeta[index]).clamp_min(0.0), c, delta)
         lin = ab[index] @ w_s
         cs = c * torch.sqrt((w_s @ a_w[index]).clamp_min(0.0) + _EPS)
         certified = lin + cs - lower <= tol * torch.maximum(lin.abs() + cs, floor)
