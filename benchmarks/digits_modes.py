@@ -25,6 +25,7 @@ GN = ["--model_name", "resnet32_cifar_gn"]
 MODES: dict[str, list[str]] = {
     "baseline (no PLOT)": ["--moo_until_epoch", "0"],
     "exact (loop)": ["--moo_gradient_method", "loop"],
+    "last block only (loop)": ["--moo_gradient_method", "loop", "--moo_modules", '["layer3.4"]'],
     "sketch d=16": ["--moo_gradient_method", "sketch", "--moo_sketch_dim", "16"],
     "groups 3": ["--moo_class_groups", "3"],
     "amortised k=4": ["--moo_solve_every", "4"],

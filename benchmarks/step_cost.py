@@ -3,7 +3,7 @@
 In one process, variants are interleaved over several repetitions and their medians reported as ratios to a
 vanilla step (forward + backward): the reference-style step (K ``autograd.grad`` calls on the full retained
 graph, scipy SLSQP CAGrad with finite differences, SAM with a full re-forward, as METHOD.md describes); exact
-mode (loop, batched); the cheap modes (sketch, amortised solving, class groups, one-pass per-sample split on the
+mode (loop, batched; and the loop on the last block of the stage only, `moo_modules`); the cheap modes (sketch, amortised solving, class groups, one-pass per-sample split on the
 GroupNorm ResNet) and combinations; at 10 and 100 classes (CIFAR ResNet-32, batch 128, 32x32; at 100 classes
 76 classes present, long-tailed). Then peak memory per step (resident-memory growth during two steps in a
 fresh subprocess, sampled at 1 kHz; on the CPU that is tensor memory), the projected whole-training overhead of the
@@ -51,6 +51,7 @@ from plot_hf.step import PLOTStep
 from plot_hf.trainer import class_prior_anchor, resolve_gradient_method, resolve_moo_parameters
 
 SKIPPABLE = ("timing", "memory", "fidelity", "solvers")
+LAST_BLOCK = "last block only (loop)"  # moo_modules = the last block of layer3: exact, on fewer parameters
 CPU = torch.device("cpu")
 
 
@@ -172,11 +173,17 @@ def reference_step(model: Wrapper, x: torch.Tensor, y: torch.Tensor, anchor_tabl
             p.sub_(e)
 
 
-def plot_step(model: Wrapper, counts: list[int], **kwargs) -> PLOTStep:
+def last_block(model: Wrapper) -> str:
+    """The module name of the last residual block of the last stage (``net.layer3.4`` in ResNet-32)."""
+    return f"net.layer3.{len(model.net.layer3) - 1}"
+
+
+def plot_step(model: Wrapper, counts: list[int], stage: str = "net.layer3", **kwargs) -> PLOTStep:
     """The step as ``PLOTTrainer`` builds it: ``host_reads`` left unset, so that the step resolves it from the
-    inputs' device (host reads on a CPU; none on CUDA, where the solvers run their sync-free fixed budget)."""
+    inputs' device (host reads on a CPU; none on CUDA, where the solvers run their sync-free fixed budget).
+    ``stage``: the module holding the MOO parameters (``moo_modules``)."""
     groups = kwargs.pop("groups", None)
-    step = PLOTStep(moo=resolve_moo_parameters(model, ["net.layer3"]), solver_name="cagrad",
+    step = PLOTStep(moo=resolve_moo_parameters(model, [stage]), solver_name="cagrad",
                     solver_kwargs={"alpha": 0.5, "rescale": 1}, rho=1e-4, keep_fraction=0.0, vc_weight=0.02,
                     **kwargs)
     table = class_prior_anchor(counts)
@@ -209,6 +216,7 @@ def variants(cfg: dict, num_classes: int) -> dict:
         "reference-style": ("batch", lambda m, c: _bind_reference(class_prior_anchor(c)), 1),
         "exact (loop)": ("batch", lambda m, c: _bind(plot_step(m, c, gradient_method="loop")), 1),
         "exact (batched)": ("batch", lambda m, c: _bind(plot_step(m, c, gradient_method="batched")), 1),
+        LAST_BLOCK: ("batch", lambda m, c: _bind(plot_step(m, c, last_block(m), gradient_method="loop")), 1),
         f"exact (batched, chunk {chunk})": ("batch", lambda m, c: _bind(plot_step(m, c, gradient_method="batched", chunk_size=chunk)), 1),
         f"sketch d={d}": ("batch", lambda m, c: _bind(plot_step(m, c, gradient_method="sketch", sketch_dim=d, chunk_size=16)), 1),
         f"groups {groups}": ("batch", lambda m, c: _bind(plot_step(m, c, gradient_method="loop", groups=groups)), 1),
@@ -461,6 +469,13 @@ def fidelity(cfg: dict, num_classes: int, present: int, device: torch.device = C
         ga = group_table[gids] / group_table[gids].sum()
         add(f"groups {groups}", SOLVERS["cagrad"](Gg @ Gg.T, anchor=ga) @ Gg)
         add("plain mean (no MOO)", G.sum(0))
+        # MOO on the last block only: CAGrad on that block's columns of G, the plain mean on the other blocks
+        block = torch.cat([torch.full((p.numel(),), n.startswith(last_block(model) + "."), device=G.device)
+                           for n, p in zip(names, params, strict=True)])
+        narrow = G.sum(0)
+        narrow[block] = SOLVERS["cagrad"](G[:, block] @ G[:, block].T, anchor=anchor) @ G[:, block]
+        add(f"{LAST_BLOCK}: layer3 direction", narrow)
+        add(f"{LAST_BLOCK}: within the block", narrow[block], exact[block])
         with constant_batch_stats(model):  # the BN statistics as constants: sample-separable, one pass in principle
             constant = per_class_gradients(objectives_with(model, x, y, position, k), params).double()
         add("BN statistics as constants", SOLVERS["cagrad"](constant @ constant.T, anchor=anchor) @ constant)
@@ -559,7 +574,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"\n## whole-training overhead of the CIFAR-100-LT recipe (PLOT for {plot_epochs} of {epochs} epochs), "
               f"projected from the step ratios at {big} classes\n")
         print("| mode | PLOT step / vanilla | training / vanilla |\n|---|---|---|")
-        for n in dict.fromkeys((default, "exact (loop)", "exact (batched)", "per_sample_split (GN)")):
+        for n in dict.fromkeys((default, "exact (loop)", "exact (batched)", LAST_BLOCK, "per_sample_split (GN)")):
             if n in ratios[big]:
                 step_ratio = ratios[big][n] / (ratios[big]["vanilla (GN)"] if "GN" in n else 1.0)
                 overall = (plot_epochs * step_ratio + epochs - plot_epochs) / epochs
@@ -571,7 +586,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"\n## peak memory per step, {big} classes ({how})\n")
         print("| variant | peak MiB | / vanilla |\n|---|---|---|")
         mem = {}
-        for n in ("vanilla", "reference-style", "exact (loop)", "exact (batched)", "exact (batched, chunk 32)",
+        for n in ("vanilla", "reference-style", "exact (loop)", "exact (batched)", "exact (batched, chunk 32)", LAST_BLOCK,
                   f"sketch d={cfg['sketch_dim']}", f"groups {group_count(big)}", "amortised k=10",
                   "vanilla (GN)", "per_sample_split (GN)"):
             if device.type == "cpu":

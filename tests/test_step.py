@@ -20,10 +20,10 @@ from .helpers import Wrapper, forbid_host_reads
 RHO, VC = 0.05, 0.1
 
 
-def _reference_step(model, x, y, counts, keep_fraction):
-    """Expected gradient per parameter name, and the clean loss."""
+def _reference_step(model, x, y, counts, keep_fraction, stage="layer3"):
+    """Expected gradient per parameter name, and the clean loss; ``stage`` holds the MOO parameters."""
     named = dict(model.named_parameters())
-    stage_names = [n for n in named if n.startswith("timm_model.layer3.")]
+    stage_names = [n for n in named if n.startswith(f"timm_model.{stage}.")]
     other_names = [n for n in named if n not in stage_names]
     stage_params = [named[n] for n in stage_names]
     # 1. SAM direction at the clean point.
@@ -66,10 +66,15 @@ class _Null:
         return False
 
 
-@pytest.mark.parametrize(("keep_fraction", "host_reads"), [(0.0, True), (0.5, True), (0.5, False)])
-def test_plot_step_equals_reference_step(device, keep_fraction, host_reads):
+@pytest.mark.parametrize(
+    ("keep_fraction", "host_reads", "stage"),
+    [(0.0, True, None), (0.5, True, None), (0.5, False, None), (0.0, True, "layer3.4")],
+)
+def test_plot_step_equals_reference_step(device, keep_fraction, host_reads, stage):
     """Also in the accelerators' mode (``host_reads=False``): the only value read on the host is the set of
-    classes present (``torch.unique``); the solver, the finiteness gates and the diagnostics stay on the device."""
+    classes present (``torch.unique``); the solver, the finiteness gates and the diagnostics stay on the device.
+    ``stage="layer3.4"``: the MOO parameters are the last block of the last stage (a module nested in it); the
+    blocks before it are replayed from the recorded forward and get the total loss's gradient."""
     torch.manual_seed(0)
     counts = [50, 30, 20, 12, 8, 5]
     model = Wrapper(timm.create_model("resnet32_cifar", num_classes=6)).to(device).train()
@@ -77,10 +82,10 @@ def test_plot_step_equals_reference_step(device, keep_fraction, host_reads):
     one_forward_model = copy.deepcopy(model)
     x = torch.randn(32, 3, 16, 16, device=device)
     y = torch.randint(0, 6, (32,), device=device)
-    expected, expected_clean = _reference_step(reference_model, x, y, counts, keep_fraction)
+    expected, expected_clean = _reference_step(reference_model, x, y, counts, keep_fraction, stage or "layer3")
 
-    moo = resolve_moo_parameters(model, None)
-    assert moo.stage_name == "timm_model.layer3"
+    moo = resolve_moo_parameters(model, None if stage is None else [stage])
+    assert moo.stage_name == f"timm_model.{stage or 'layer3'}"
     step = PLOTStep(moo=moo, solver_name="cagrad", solver_kwargs={"alpha": 0.5, "rescale": 1}, rho=RHO,
                     keep_fraction=keep_fraction, vc_weight=VC, host_reads=host_reads)
     table = class_prior_anchor(counts)
