@@ -3,8 +3,9 @@
 In one process, variants are interleaved over several repetitions and their medians reported as ratios to a
 vanilla step (forward + backward): the reference-style step (K ``autograd.grad`` calls on the full retained
 graph, scipy SLSQP CAGrad with finite differences, SAM with a full re-forward, as METHOD.md describes); exact
-mode (loop, batched; and the loop on the last block of the stage only, `moo_modules`); the cheap modes (sketch, amortised solving, class groups, one-pass per-sample split on the
-GroupNorm ResNet) and combinations; at 10 and 100 classes (CIFAR ResNet-32, batch 128, 32x32; at 100 classes
+mode (loop, batched; and the loop with the MOO parameters narrowed to the stage's last block, ``moo_modules``); the
+cheap modes (sketch, amortised solving, class groups, one-pass per-sample split on the GroupNorm ResNet) and
+combinations; at 10 and 100 classes (CIFAR ResNet-32, batch 128, 32x32; at 100 classes
 76 classes present, long-tailed). Then peak memory per step (resident-memory growth during two steps in a
 fresh subprocess, sampled at 1 kHz; on the CPU that is tensor memory), the projected whole-training overhead of the
 CIFAR-100-LT recipe, a solver table (objective gaps to Clarabel), and a fidelity table (cosine of each mode's CAGrad
