@@ -53,6 +53,8 @@ from plot_hf.trainer import class_prior_anchor, resolve_gradient_method, resolve
 
 SKIPPABLE = ("timing", "memory", "fidelity", "solvers")
 LAST_BLOCK = "last block only (loop)"  # moo_modules = the last block of layer3: exact, on fewer parameters
+BOUND_MIB = 256  # moo_chunk_memory_mb of the memory-bounded batched variant
+BOUNDED = f"exact (batched, {BOUND_MIB} MiB bound)"
 CPU = torch.device("cpu")
 
 
@@ -219,6 +221,7 @@ def variants(cfg: dict, num_classes: int) -> dict:
         "exact (batched)": ("batch", lambda m, c: _bind(plot_step(m, c, gradient_method="batched")), 1),
         LAST_BLOCK: ("batch", lambda m, c: _bind(plot_step(m, c, last_block(m), gradient_method="loop")), 1),
         f"exact (batched, chunk {chunk})": ("batch", lambda m, c: _bind(plot_step(m, c, gradient_method="batched", chunk_size=chunk)), 1),
+        BOUNDED: ("batch", lambda m, c: _bind(plot_step(m, c, gradient_method="batched", chunk_memory_mb=BOUND_MIB)), 1),
         f"sketch d={d}": ("batch", lambda m, c: _bind(plot_step(m, c, gradient_method="sketch", sketch_dim=d, chunk_size=16)), 1),
         f"groups {groups}": ("batch", lambda m, c: _bind(plot_step(m, c, gradient_method="loop", groups=groups)), 1),
         "amortised k=10": ("batch", lambda m, c: _bind(plot_step(m, c, gradient_method="loop", solve_every=10)), 10),
@@ -587,7 +590,8 @@ def main(argv: list[str] | None = None) -> None:
         print(f"\n## peak memory per step, {big} classes ({how})\n")
         print("| variant | peak MiB | / vanilla |\n|---|---|---|")
         mem = {}
-        for n in ("vanilla", "reference-style", "exact (loop)", "exact (batched)", "exact (batched, chunk 32)", LAST_BLOCK,
+        for n in ("vanilla", "reference-style", "exact (loop)", "exact (batched)", "exact (batched, chunk 32)", BOUNDED,
+                  LAST_BLOCK,
                   f"sketch d={cfg['sketch_dim']}", f"groups {group_count(big)}", "amortised k=10",
                   "vanilla (GN)", "per_sample_split (GN)"):
             if device.type == "cpu":

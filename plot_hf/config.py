@@ -50,10 +50,10 @@ class PLOTConfig(TrainingArguments):
         moo_gradient_method (`str`, *optional*, defaults to `"auto"`):
             How per-class gradients are computed. `"auto"` picks an exact method from the model:
             `"per_sample_split"` when no batch norm runs in or after the MOO stage (e.g. `resnet32_cifar_gn`:
-            1.4x a vanilla step at 100 classes), else `"batched"` on an accelerator and `"loop"` on a CPU
-            (6.5x; measured in the README's performance section).
-            `"loop"` (one `autograd.grad` per class) or `"batched"` (batched
-            vector-Jacobian products in chunks of `moo_chunk_size` classes), both exact; `"per_sample_split"`
+            2.1x a vanilla step at 100 classes on a CPU), else `"batched"` on an accelerator and `"loop"` on a
+            CPU (12.5x there; measured in the README's performance section).
+            `"loop"` (one `autograd.grad` per class) or `"batched"` (batched vector-Jacobian products in chunks
+            of `moo_chunk_size` classes, or as many as `moo_chunk_memory_mb` allows), both exact; `"per_sample_split"`
             (exact from ONE backward: per-sample gradients of the stage's modules summed by class; only for models
             without cross-sample coupling in or after the MOO stage, e.g. `resnet32_cifar_gn`: train-mode batch
             norm there is an error naming the module); `"sketch"` (the Gramian estimated from `moo_sketch_dim`
@@ -62,7 +62,14 @@ class PLOTConfig(TrainingArguments):
         moo_chunk_size (`int` or `None`, *optional*, defaults to `None`):
             Classes per batched vector-Jacobian call (`"batched"`), or directions per vectorised JVP call
             (`"sketch"`), or samples per vectorised per-sample call (`"per_sample_split"`); bounds their memory.
-            `None`: all at once.
+            `None`: all at once (or as `moo_chunk_memory_mb` says).
+        moo_chunk_memory_mb (`float` or `None`, *optional*, defaults to `None`):
+            Memory bound (MiB) of one batched vector-Jacobian call (`"batched"`): each step, the chunk is the
+            largest number of classes `c` with `c * (A + P * s)` within it, `A` the bytes that the forward from
+            the MOO stage saved for backward (measured during that forward), `P * s` the bytes of one class's
+            gradient row (`plot_hf.moo.chunking`); at least one class. An upper bound of the call's extra
+            memory, portable across models and batch sizes, unlike a class count. Exclusive with
+            `moo_chunk_size`.
         moo_sketch_dim (`int`, *optional*, defaults to `64`):
             Number `d` of random directions of `"sketch"` (cost ~ d forward passes of the MOO stage, whatever
             the number of classes; relative error of the Gramian ~ 1 / sqrt(d)).
@@ -171,6 +178,9 @@ class PLOTConfig(TrainingArguments):
         default="auto", metadata={"help": "Per-class gradient method.", "choices": list(GRADIENT_METHODS)}
     )
     moo_chunk_size: int | None = field(default=None, metadata={"help": "Classes per batched VJP call."})
+    moo_chunk_memory_mb: float | None = field(
+        default=None, metadata={"help": "Memory bound (MiB) of one batched VJP call; sizes its chunk of classes."}
+    )
     moo_sketch_dim: int = field(default=64, metadata={"help": "Random directions of the Gramian sketch."})
     moo_solve_every: int = field(default=1, metadata={"help": "Solve every k steps; reuse coefficients between."})
     moo_class_groups: int | None = field(
@@ -257,6 +267,14 @@ class PLOTConfig(TrainingArguments):
             fail("mixup_alpha", self.mixup_alpha, "it must be >= 0 (0 disables mixup)")
         if self.moo_chunk_size is not None and self.moo_chunk_size < 1:
             fail("moo_chunk_size", self.moo_chunk_size, "it must be a positive integer or None")
+        if self.moo_chunk_memory_mb is not None:
+            if isinstance(self.moo_chunk_memory_mb, bool) or not (
+                isinstance(self.moo_chunk_memory_mb, int | float) and self.moo_chunk_memory_mb > 0
+            ):
+                fail("moo_chunk_memory_mb", self.moo_chunk_memory_mb, "it must be a positive number of MiB or None")
+            if self.moo_chunk_size is not None:
+                fail("moo_chunk_memory_mb", self.moo_chunk_memory_mb,
+                     f"`moo_chunk_size` is {self.moo_chunk_size}: set one of the two, not both")
         if not (isinstance(self.moo_sketch_dim, int) and self.moo_sketch_dim >= 1):
             fail("moo_sketch_dim", self.moo_sketch_dim, "it must be a positive integer")
         if not (isinstance(self.moo_solve_every, int) and self.moo_solve_every >= 1):

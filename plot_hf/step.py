@@ -49,6 +49,7 @@ from .moo import (
     variability_collapse_loss,
 )
 from .moo.amortised import CoefficientCache, weighted_gradient
+from .moo.chunking import chunk_for_memory, count_saved_bytes
 from .moo.gradients import unflatten
 from .moo.sketch import frozen_batch_stats, sketch_gramian
 from .moo.solvers import DegenerateGramianWarning, degenerate_gramian, get_solver
@@ -92,6 +93,7 @@ class PLOTStep:
     vc_weight: float
     gradient_method: str = "loop"
     chunk_size: int | None = None
+    chunk_memory_mb: float | None = None
     solve_every: int = 1
     sketch_dim: int = 64
     class_to_group: torch.Tensor | None = None
@@ -178,8 +180,18 @@ class PLOTStep:
         # running statistics a second time. Replayed modules do not run: their buffers need no copy.
         overrides.update({name: b.clone() for name, b in replay.recomputed_buffers().items()})
         split = self._split_capture(unwrapped)
-        with replay.replay(), autocast(), split.capture() if split is not None else _null():
+        sized = self.chunk_memory_mb is not None and self.gradient_method == "batched"
+        with (
+            replay.replay(),
+            autocast(),
+            split.capture() if split is not None else _null(),
+            count_saved_bytes(exclude=[*unwrapped.parameters(), *perturbed]) if sized else _null() as saved,
+        ):
             perturbed_logits = logits_of(functional_call(unwrapped, overrides, args=(), kwargs={"pixel_values": pixel_values}))
+        chunk_size = self.chunk_size
+        if saved is not None:  # as many classes per batched call as the memory bound allows (plot_hf.moo.chunking)
+            chunk_size = chunk_for_memory(self.chunk_memory_mb * 2**20, saved.nbytes, self.moo.numel,
+                                          perturbed[0].element_size())
         losses = per_sample_loss(perturbed_logits)
 
         # Objectives: one per class present, or per class group (frequency-ordered bins of classes).
@@ -220,7 +232,7 @@ class PLOTStep:
                     if grad_scale != 1.0:
                         grads = grads / grad_scale
                 else:
-                    grads = self._class_gradients(objectives, perturbed, objective_labels, batch, grad_scale)
+                    grads = self._class_gradients(objectives, perturbed, objective_labels, batch, grad_scale, chunk_size)
                 if reducer is None:
                     gram = gramian(grads)
                 else:  # exact: sum G^r; cheap: sum the local Gramians (plot_hf.distributed)
@@ -294,6 +306,7 @@ class PLOTStep:
         labels: torch.Tensor,
         batch: GlobalBatch | None,
         grad_scale: float,
+        chunk_size: int | None,
     ) -> torch.Tensor:
         """K x P per-class gradients (float32). Under DDP only the classes present on this rank are computed
         (zero rows elsewhere), unless ``all_class_rows`` (SyncBatchNorm: its backward is a collective, so every
@@ -302,7 +315,7 @@ class PLOTStep:
         rows = None if batch is None or self.all_class_rows else batch.local_rows(labels)
         picked = scaled if rows is None else scaled[rows]
         computed = per_class_gradients(
-            picked, perturbed, method=self.gradient_method, chunk_size=self.chunk_size  # type: ignore[arg-type]
+            picked, perturbed, method=self.gradient_method, chunk_size=chunk_size  # type: ignore[arg-type]
         ).float()
         if grad_scale != 1.0:
             computed = computed / grad_scale

@@ -97,6 +97,7 @@ class PLOTTrainer(Trainer):
                 vc_weight=self.args.vc_weight,
                 gradient_method=self.gradient_method,
                 chunk_size=self.args.moo_chunk_size,
+                chunk_memory_mb=self.args.moo_chunk_memory_mb,
                 solve_every=self.args.moo_solve_every,
                 sketch_dim=self.args.moo_sketch_dim,
                 class_to_group=class_to_group,

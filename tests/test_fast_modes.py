@@ -181,6 +181,7 @@ def test_class_group_objectives_sum_to_batch_mean():
     "overrides",
     [
         dict(moo_gradient_method="batched", moo_chunk_size=2),
+        dict(moo_gradient_method="batched", moo_chunk_memory_mb=0.5),
         dict(moo_gradient_method="sketch", moo_sketch_dim=8),
         dict(moo_solve_every=2),
         dict(moo_class_groups=2),
