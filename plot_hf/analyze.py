@@ -89,7 +89,8 @@ def analyze(
 
     moo = resolve_moo_parameters(model, recipe.training.moo_modules)
     grads = class_gradients(model, moo.params, batches, per_sample_loss, method=recipe.training.moo_gradient_method,
-                            chunk_size=recipe.training.moo_chunk_size, device=device)
+                            chunk_size=recipe.training.moo_chunk_size,
+                            chunk_memory_mb=recipe.training.moo_chunk_memory_mb, device=device)
     results: dict[str, Any] = {
         "model": str(model_path),
         "moo_parameters": moo.names,

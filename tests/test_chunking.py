@@ -97,3 +97,24 @@ def test_the_two_chunk_knobs_are_exclusive_and_the_bound_positive(tmp_path):
     for bad in (0, -1.0, True, "1GB"):
         with pytest.raises(ValueError, match="`moo_chunk_memory_mb`=.* positive number of MiB"):
             PLOTConfig(output_dir=str(tmp_path), moo_chunk_memory_mb=bad)
+
+
+def test_analysis_gradients_with_a_memory_bound_equal_the_loop(monkeypatch):
+    import plot_hf.analysis.measures as measures
+
+    torch.manual_seed(0)
+    model = Wrapper(timm.create_model("resnet20_cifar", num_classes=4))
+    batches = [{"pixel_values": torch.randn(12, 3, 8, 8), "labels": torch.arange(12) % 4} for _ in range(2)]
+    params = list(model.timm_model.layer3.parameters())
+
+    def loss(logits, labels):
+        return F.cross_entropy(logits, labels, reduction="none")
+
+    looped = measures.class_gradients(model, params, batches, loss, method="loop")
+    chunks = []
+    real = measures.per_class_gradients
+    monkeypatch.setattr(measures, "per_class_gradients",
+                        lambda *a, **k: chunks.append(k["chunk_size"]) or real(*a, **k))
+    bounded = measures.class_gradients(model, params, batches, loss, method="batched", chunk_memory_mb=1e-9)
+    assert chunks == [1, 1]  # one class per batched call, on each batch
+    torch.testing.assert_close(bounded.matrix, looped.matrix, rtol=1e-6, atol=1e-9)

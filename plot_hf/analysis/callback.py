@@ -29,7 +29,8 @@ def analyze_model(trainer: Any, batches: list) -> dict[str, Any]:
         return trainer.loss_fn(logits, labels)
 
     grads = class_gradients(model, params, batches, per_sample_loss, method=trainer.args.moo_gradient_method,
-                            chunk_size=trainer.args.moo_chunk_size)
+                            chunk_size=trainer.args.moo_chunk_size,
+                            chunk_memory_mb=trainer.args.moo_chunk_memory_mb)
     counts = trainer.class_counts
     return {
         "conflict": conflict_measures(grads, counts),

@@ -19,6 +19,7 @@ RNGs are not used, so logging them during training leaves the run bit-identical.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,6 +29,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from ..moo import per_class_gradients, per_class_objectives
+from ..moo.chunking import chunk_for_memory, count_saved_bytes
 from ..step import logits_of
 
 Batch = dict[str, torch.Tensor]
@@ -83,11 +85,14 @@ def class_gradients(
     *,
     method: str = "loop",
     chunk_size: int | None = None,
+    chunk_memory_mb: float | None = None,
     device: torch.device | str | None = None,
 ) -> ClassGradients:
     """Sum over ``batches`` of the per-class gradients (PLOT's ``L_k = sum_{i in k} l_i / B``), eval mode.
 
-    Always exact: ``method`` "loop" is kept, any other training method (auto, sketch, ...) becomes "batched"."""
+    Always exact: ``method`` "loop" is kept, any other training method (auto, sketch, ...) becomes "batched",
+    in chunks of ``chunk_size`` classes or sized from ``chunk_memory_mb`` (:mod:`plot_hf.moo.chunking`; here the
+    whole forward's saved bytes count, a looser bound than the training step's)."""
     method = "loop" if method == "loop" else "batched"
     device = device or next(model.parameters()).device
     was_training = model.training
@@ -97,9 +102,15 @@ def class_gradients(
     try:
         for batch in batches:
             labels = batch["labels"].to(device)
-            logits = logits_of(model(pixel_values=batch["pixel_values"].to(device)))
+            sized = chunk_memory_mb is not None and method == "batched"
+            with count_saved_bytes(exclude=model.parameters()) if sized else nullcontext() as saved:
+                logits = logits_of(model(pixel_values=batch["pixel_values"].to(device)))
+            chunk = chunk_size
+            if saved is not None:
+                chunk = chunk_for_memory(chunk_memory_mb * 2**20, saved.nbytes, sum(p.numel() for p in params),
+                                         params[0].element_size())
             classes, objectives = per_class_objectives(per_sample_loss(logits, labels), labels)
-            grads = per_class_gradients(objectives, list(params), method=method, chunk_size=chunk_size,  # type: ignore[arg-type]
+            grads = per_class_gradients(objectives, list(params), method=method, chunk_size=chunk,  # type: ignore[arg-type]
                                         retain_graph=False).detach().double()
             for row, k in enumerate(classes.tolist()):
                 sums[k] = sums[k] + grads[row] if k in sums else grads[row].clone()
