@@ -99,10 +99,10 @@ def class_gradients(
     model.eval()
     sums: dict[int, torch.Tensor] = {}
     counts: dict[int, int] = {}
+    sized = chunk_memory_mb is not None and method == "batched"
     try:
         for batch in batches:
             labels = batch["labels"].to(device)
-            sized = chunk_memory_mb is not None and method == "batched"
             with count_saved_bytes(exclude=model.parameters()) if sized else nullcontext() as saved:
                 logits = logits_of(model(pixel_values=batch["pixel_values"].to(device)))
             chunk = chunk_size
