@@ -201,3 +201,35 @@ def test_trainer_runs_each_mode(tmp_path, overrides):
     trainer.train()
     assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
     assert any("plot/num_classes" in h for h in trainer.state.log_history)
+
+
+class _SharedConvStage(torch.nn.Module):
+    """A GroupNorm network whose MOO stage runs one conv twice (shared weights) and a GroupNorm once."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = torch.nn.Conv2d(3, 4, 3, padding=1)
+        self.stage = torch.nn.ModuleDict({"conv": torch.nn.Conv2d(4, 4, 3, padding=1), "norm": torch.nn.GroupNorm(2, 4)})
+        self.fc = torch.nn.Linear(4, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.stem(x)
+        h = self.stage["conv"](torch.relu(self.stage["conv"](h)))
+        return self.fc(torch.relu(self.stage["norm"](h)).mean(dim=(2, 3)))
+
+
+def test_split_matrix_equals_the_loop_with_a_module_run_twice():
+    from plot_hf.moo.split import SplitCapture
+
+    torch.manual_seed(0)
+    model = _SharedConvStage()
+    x, y = torch.randn(10, 3, 6, 6), torch.arange(10) % 5
+    names = [n for n, _ in model.named_parameters() if n.startswith("stage.")]
+    params = dict(model.named_parameters())
+    split = SplitCapture(model, "stage", names)
+    with split.capture():
+        losses = F.cross_entropy(model(x), y, reduction="none")
+    classes, objectives = per_class_objectives(losses, y)
+    looped = per_class_gradients(objectives, [params[n] for n in names])
+    matrix = split.per_class_gradients(objectives, torch.searchsorted(classes, y), {n: params[n] for n in names})
+    torch.testing.assert_close(matrix, looped, rtol=1e-5, atol=1e-7)

@@ -48,39 +48,43 @@ def per_class_gradients(
     if objectives.ndim != 1:
         raise ValueError(f"`objectives` must be a 1-D tensor of K class losses, got shape {tuple(objectives.shape)}.")
     num_objectives = objectives.numel()
+    if method not in ("loop", "batched"):
+        raise ValueError(f"Unknown per-class gradient `method` {method!r}; choose 'loop' or 'batched'.")
+    # Rows are written into one preallocated K x P matrix: no list of rows concatenated at the end (which
+    # would hold the K x P numbers twice at the peak).
+    first = params[0]
+    out = torch.empty(num_objectives, sum(p.numel() for p in params), dtype=first.dtype, device=first.device)
     if method == "loop":
-        rows = []
         for k in range(num_objectives):
             grads = torch.autograd.grad(objectives[k], params, retain_graph=True, allow_unused=True)
-            rows.append(flatten(grads, params))
-        return torch.stack(rows)
-    if method == "batched":
-        step = chunk_size or num_objectives
-        eye = torch.eye(num_objectives, dtype=objectives.dtype, device=objectives.device)
-        blocks = []
-        for start in range(0, num_objectives, step):
-            grads = torch.autograd.grad(
-                objectives,
-                params,
-                grad_outputs=eye[start : start + step],
-                retain_graph=True,
-                allow_unused=True,
-                is_grads_batched=True,
-            )
-            rows = grads[0].shape[0] if grads[0] is not None else eye[start : start + step].shape[0]
-            blocks.append(
-                torch.cat(
-                    [
-                        (g if g is not None else torch.zeros((rows, *p.shape), dtype=p.dtype, device=p.device)).reshape(
-                            rows, -1
-                        )
-                        for g, p in zip(grads, params, strict=True)
-                    ],
-                    dim=1,
-                )
-            )
-        return torch.cat(blocks)
-    raise ValueError(f"Unknown per-class gradient `method` {method!r}; choose 'loop' or 'batched'.")
+            _write_columns(out[k : k + 1], grads, params)
+        return out
+    step = chunk_size or num_objectives
+    eye = torch.eye(num_objectives, dtype=objectives.dtype, device=objectives.device)
+    for start in range(0, num_objectives, step):
+        grads = torch.autograd.grad(
+            objectives,
+            params,
+            grad_outputs=eye[start : start + step],
+            retain_graph=True,
+            allow_unused=True,
+            is_grads_batched=True,
+        )
+        _write_columns(out[start : start + step], grads, params)
+    return out
+
+
+def _write_columns(block: torch.Tensor, grads: Sequence[torch.Tensor | None], params: Sequence[torch.Tensor]) -> None:
+    """Write each parameter's (batched) gradient into its columns of ``block`` (rows x P); ``None`` (an unused
+    parameter) writes zeros."""
+    offset = 0
+    for g, p in zip(grads, params, strict=True):
+        columns = block[:, offset : offset + p.numel()]
+        if g is None:
+            columns.zero_()
+        else:
+            columns.copy_(g.reshape(block.shape[0], -1))
+        offset += p.numel()
 
 
 def gramian(gradient_matrix: torch.Tensor) -> torch.Tensor:

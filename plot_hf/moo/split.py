@@ -123,22 +123,22 @@ class SplitCapture:
         outputs = [out for _, _, out in self.calls]
         deltas = torch.autograd.grad(objectives.sum(), outputs, retain_graph=True, allow_unused=True)
         num = objectives.numel()
-        rows: dict[str, torch.Tensor] = {}
+        columns: dict[str, slice] = {}  # each parameter's columns in the K x P result, written in place
+        offset = 0
+        for n in self.param_names:
+            columns[n] = slice(offset, offset + values[n].numel())
+            offset += values[n].numel()
+        first = values[self.param_names[0]]
+        out = torch.zeros(num, offset, dtype=first.dtype, device=first.device)
         for (name, inp, _out), delta in zip(self.calls, deltas, strict=True):
             if delta is None:
                 continue
             module = self.modules[name]
             local = {p: values[f"{name}.{p}"].detach() for p, _ in module.named_parameters(recurse=False)}
             for pname, g in _per_class_module_grads(module, local, inp, delta, positions, num, chunk_size).items():
-                key = f"{name}.{pname}"
-                rows[key] = rows[key] + g if key in rows else g
-        width = [values[n].numel() for n in self.param_names]
-        blocks = [
-            rows[n].reshape(num, -1) if n in rows else objectives.new_zeros(num, w)
-            for n, w in zip(self.param_names, width, strict=True)
-        ]
+                out[:, columns[f"{name}.{pname}"]].add_(g.reshape(num, -1))  # a module run twice adds up
         self.calls = []
-        return torch.cat(blocks, dim=1)
+        return out
 
 
 def _per_class_module_grads(
