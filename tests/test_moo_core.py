@@ -90,6 +90,24 @@ def test_per_class_gradients_match_separate_backward_calls(device, method):
     torch.testing.assert_close(gramian(grads), expected @ expected.T, rtol=1e-5, atol=1e-8)
 
 
+@pytest.mark.parametrize("method", ["loop", "batched"])
+def test_per_class_gradients_free_the_graph_only_when_told(method):
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(4, 3)
+    x, y = torch.randn(9, 4), torch.arange(9) % 3
+    results = []
+    for retain in (True, False):
+        _, objectives = per_class_objectives(F.cross_entropy(layer(x), y, reduction="none"), y)
+        results.append(per_class_gradients(objectives, list(layer.parameters()), method=method, chunk_size=2,
+                                           retain_graph=retain))
+        if retain:
+            objectives.sum().backward()  # the graph is still there for the final backward
+        else:
+            with pytest.raises(RuntimeError, match="backward through the graph a second time"):
+                objectives.sum().backward()
+    torch.testing.assert_close(results[0], results[1])
+
+
 def test_batch_norm_couples_classes_so_per_sample_split_is_not_exact(device):
     """The reason exact per-class gradients are needed: with train-mode BN, class gradients are not sums of
     per-sample gradients computed on single samples (here: on the class's own sub-batch)."""

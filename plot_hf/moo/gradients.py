@@ -42,8 +42,9 @@ def per_class_gradients(
 ) -> torch.Tensor:
     """Return the K x P matrix of gradients of each objective w.r.t. ``params`` (flattened and concatenated).
 
-    ``chunk_size`` bounds how many classes one batched call handles (memory ~ chunk_size x P x activations);
-    ``None`` means all at once. The graph is kept (``retain_graph``) so that a final backward can follow.
+    ``chunk_size`` bounds how many classes one batched call handles (memory ~ chunk_size x (P + activations),
+    see :mod:`plot_hf.moo.chunking`); ``None`` means all at once. With ``retain_graph`` (default) the graph is
+    kept after the last call, so that a final backward can follow; without it, the last call frees it.
     """
     if objectives.ndim != 1:
         raise ValueError(f"`objectives` must be a 1-D tensor of K class losses, got shape {tuple(objectives.shape)}.")
@@ -56,7 +57,8 @@ def per_class_gradients(
     out = torch.empty(num_objectives, sum(p.numel() for p in params), dtype=first.dtype, device=first.device)
     if method == "loop":
         for k in range(num_objectives):
-            grads = torch.autograd.grad(objectives[k], params, retain_graph=True, allow_unused=True)
+            last = k == num_objectives - 1
+            grads = torch.autograd.grad(objectives[k], params, retain_graph=retain_graph or not last, allow_unused=True)
             _write_columns(out[k : k + 1], grads, params)
         return out
     step = chunk_size or num_objectives
@@ -66,7 +68,7 @@ def per_class_gradients(
             objectives,
             params,
             grad_outputs=eye[start : start + step],
-            retain_graph=True,
+            retain_graph=retain_graph or start + step < num_objectives,
             allow_unused=True,
             is_grads_batched=True,
         )
