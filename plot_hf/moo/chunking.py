@@ -1,12 +1,15 @@
 """Chunk sizes of batched per-class vector-Jacobian products from a memory bound (``moo_chunk_memory_mb``).
 
 A batched VJP over ``c`` classes (``is_grads_batched``) runs the backward of the replayed forward (the MOO stage
-and everything after it) once, with ``c`` cotangents at every operation: each shaped like a tensor that the
-operation saved for its backward (its input or output), and returns ``c`` gradient rows of ``P`` numbers. Its
-extra memory is therefore at most ``c * (A + P * s)`` bytes, with ``A`` the bytes that the forward saved for
-backward (activations, the parameters themselves left out), ``P`` the number of MOO parameters and ``s`` the
-bytes of one gradient entry. It is an upper bound: autograd frees each cotangent once it is used. The chunk is
-the largest ``c`` within the bound, and at least 1 (one class at a time, the loop's memory).
+and everything after it) once, with ``c`` cotangents at every operation, shaped like the activations that the
+forward saved for backward, and returns ``c`` gradient rows of ``P`` numbers. The estimate of its extra memory
+is ``c * (A + P * s)`` bytes, with ``A`` the bytes that the forward saved for backward (activations, the
+parameters themselves left out), ``P`` the number of MOO parameters and ``s`` the bytes of one gradient entry.
+It counts every activation's cotangent as alive at once, while autograd frees each one once it is used: an
+estimate from above, not a proof (a cotangent of an operation that saves nothing, such as an addition, is not
+counted; few are alive at once). Measured on ResNet-32 at 100 classes: about 9 MiB a class against the
+estimate's 45 MiB. The chunk is the largest ``c`` within the bound, and at least 1 (one class at a time, the
+loop's memory).
 
 ``A`` is measured, not modelled: :func:`count_saved_bytes` records the storages that autograd saves during the
 forward (``torch.autograd.graph.saved_tensors_hooks``), each storage once. Only shapes are read: no value
