@@ -36,7 +36,7 @@ import math
 import torch
 from torch import Tensor
 
-from ._cagrad_ipm import cagrad_dual_ipm
+from ._cagrad_ipm import _EPS, cagrad_dual_ipm
 from ._cagrad_working_set import cagrad_dual_working_set
 from ._registry import finish, prepare, register_solver
 from ._simplex import host_sync_allowed
@@ -44,7 +44,6 @@ from ._working_set import WORKING_SET_MIN_K
 
 __all__ = ["cagrad", "cagrad_objective"]
 
-_EPS = 1e-8
 # interior-point iterations: stopping at convergence (9-17 at tol = 1e-9 on the benchmark families, up to
 # ~35 on near-degenerate inputs), and the fixed budget of the sync-free mode (1e-5 relative accuracy takes
 # at most 18 on the benchmark families and 20 on harder ones; ~8,000 torch operations per call)

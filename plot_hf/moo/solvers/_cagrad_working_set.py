@@ -27,12 +27,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ._cagrad_ipm import dual_bound, solve_cagrad_dual
+from ._cagrad_ipm import _EPS, dual_bound, solve_cagrad_dual
 from ._working_set import solve_on_working_sets
 
 __all__ = ["cagrad_dual_working_set"]
-
-_EPS = 1e-8  # CAGrad's regulariser inside the square root
 
 
 def cagrad_dual_working_set(
@@ -50,13 +48,12 @@ def cagrad_dual_working_set(
     delta = torch.sqrt(torch.as_tensor(_EPS, dtype=a.dtype, device=a.device))
 
     def restricted(index: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        w_s, zeta_s = solve_cagrad_dual(a[index][:, index], ab[index], c, scale, max_iter=max_iter, tol=tol,
-                                        stop_early=True)
-        a_cols = a[:, index]
-        a_zeta, a_w = a_cols @ zeta_s, a_cols @ w_s  # A zeta, A w for zeta, w supported on S
+        a_ss = a[index][:, index]
+        w_s, zeta_s = solve_cagrad_dual(a_ss, ab[index], c, scale, max_iter=max_iter, tol=tol, stop_early=True)
+        a_zeta = a[:, index] @ zeta_s  # A zeta over all K classes, for zeta supported on S
         terms, lower = dual_bound(ab, a_zeta, (zeta_s @ a_zeta[index]).clamp_min(0.0), c, delta)
         lin = ab[index] @ w_s
-        cs = c * torch.sqrt((w_s @ a_w[index]).clamp_min(0.0) + _EPS)
+        cs = c * torch.sqrt((w_s @ a_ss @ w_s).clamp_min(0.0) + _EPS)
         certified = lin + cs - lower <= tol * torch.maximum(lin.abs() + cs, floor)
         return torch.zeros(k, dtype=a.dtype, device=a.device).index_copy_(0, index, w_s), terms, certified
 

@@ -3,9 +3,10 @@
 Problems ``min_{w in simplex} F(w)`` with ``F`` convex and depending on ``w`` through ``A w`` may have sparse
 optima when K is large: CAGrad's dual puts 22-140 of 1000 classes in the support on the benchmark Gramians
 (used by :mod:`plot_hf.moo.solvers._cagrad_working_set`). MGDA's min-norm point does not on two of the three
-families (about 400 of 600 classes: the hull nearly contains 0), so MGDA solves the whole problem. Restricting ``w`` to a set ``S`` (``w_k = 0`` elsewhere) gives the same kind of problem on
-``A_SS``, whose interior-point solve costs ``O(|S|^3)`` per iteration instead of ``O(K^3)`` (one Cholesky
-factorisation of a K x K matrix: ~7 ms at K = 1000 on a CPU core).
+families (about 400 of 600 classes: the hull nearly contains 0), so MGDA solves the whole problem.
+Restricting ``w`` to a set ``S`` (``w_k = 0`` elsewhere) gives the same kind of problem on ``A_SS``, whose
+interior-point solve costs ``O(|S|^3)`` per iteration instead of ``O(K^3)`` (one Cholesky factorisation of a
+K x K matrix: ~7 ms at K = 1000 on a CPU core).
 
 Each solver supplies a ``restricted`` callback: given the indices ``S`` it solves the restricted problem and
 returns ``(w, prices, certified)``: ``w`` on the whole simplex (zero outside ``S``), a price per class (a
