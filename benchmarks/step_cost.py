@@ -474,7 +474,8 @@ def fidelity(cfg: dict, num_classes: int, present: int, device: torch.device = C
         add(f"groups {groups}", SOLVERS["cagrad"](Gg @ Gg.T, anchor=ga) @ Gg)
         add("plain mean (no MOO)", G.sum(0))
         # MOO on the last block only: CAGrad on that block's columns of G, the plain mean on the other blocks
-        block = torch.cat([torch.full((p.numel(),), n.startswith(last_block(model) + "."), device=G.device)
+        prefix = last_block(model) + "."
+        block = torch.cat([torch.full((p.numel(),), n.startswith(prefix), device=G.device)
                            for n, p in zip(names, params, strict=True)])
         narrow = G.sum(0)
         narrow[block] = SOLVERS["cagrad"](G[:, block] @ G[:, block].T, anchor=anchor) @ G[:, block]
