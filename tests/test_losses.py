@@ -33,7 +33,7 @@ from plot_hf.losses import (
     mixup_loss,
     posthoc_logit_adjustment,
 )
-from plot_hf.losses._registry import Registry
+from plot_hf.registry import Registry
 
 DEVICE = torch.device(os.environ.get("PLOT_HF_TEST_DEVICE", "cpu"))
 COUNTS = [100, 40, 10, 1]

@@ -14,7 +14,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from ._registry import Registry
+from ..registry import Registry
 
 ClassCounts = Sequence[int] | Tensor
 """Training count of every class, in class-index order (all positive)."""
