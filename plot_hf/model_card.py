@@ -216,6 +216,15 @@ def eval_results(
     return out
 
 
+def _how_to_use(backbone: str, remote_code: bool | None) -> dict[str, Any]:
+    """Template values of the "How to use" section: ``remote_code`` and the code files the folder carries."""
+    from .models.remote_code import SHIPPED_MODULES, needs_remote_code
+
+    if remote_code is None:
+        remote_code = needs_remote_code({"architecture": backbone})
+    return {"remote_code": remote_code, "code_files": ", ".join(f"`{name}`" for name in SHIPPED_MODULES.values())}
+
+
 def build_model_card(
     *,
     model_name: str,
@@ -238,6 +247,7 @@ def build_model_card(
     many_threshold: int = 100,
     few_threshold: int = 20,
     extra_tags: tuple[str, ...] = (),
+    remote_code: bool | None = None,
 ) -> ModelCard:
     """Render the model card of a run (save it with ``card.save(output_dir / "README.md")``).
 
@@ -258,6 +268,9 @@ def build_model_card(
         baseline_name: column title of the baseline in the comparison table.
         shot_rule, many_threshold, few_threshold: the shot-group rule used (stated in the card).
         extra_tags: tags added to ``TAGS``.
+        remote_code: whether the saved model carries its code (``auto_map``; :mod:`plot_hf.models.remote_code`),
+            which decides the "How to use" snippets (plot-hf or ``trust_remote_code=True``, versus plain
+            transformers); ``None``: true for the CIFAR ResNets that plot-hf registers with timm.
     """
     results = normalize_results(metrics)
     last = results.get("last") or next(iter(results.values()), {})
@@ -298,5 +311,6 @@ def build_model_card(
         comparison_table=comparison_table(last, baseline_last, baseline_name) if baseline_metrics else "",
         plots=[{"title": title, "path": path} for title, path in (plots or {}).items() if path],
         repo_id=repo_id or model_name,
+        **_how_to_use(backbone, remote_code),
         citation=CITATION,
     )

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from .model_card import build_model_card
+from .models.remote_code import needs_remote_code
 from .plots import plot_conflict, plot_per_class_accuracy, plot_training_curves
 
 PLOT_KEYS = (
@@ -57,6 +58,7 @@ def write_report(trainer: Any, recipe: Any, data: Any, results: dict[str, Any]) 
         shot_rule="strict" if data.stats.shot_rule == "strict" else "oltr",
         many_threshold=data.stats.many_shot_threshold,
         few_threshold=data.stats.few_shot_threshold,
+        remote_code=needs_remote_code(trainer.model.config) if hasattr(trainer.model, "config") else None,
     )
     card.save(out / "README.md")
     trainer.plot_model_card = out / "README.md"

@@ -18,6 +18,7 @@ from .config import PLOTConfig
 from .distributed import CrossRank, check_backend, check_launch, has_sync_batch_norm, maybe_sync_batch_norm
 from .guard import NonFiniteGuard
 from .losses import build_loss, mixup_loss
+from .models.remote_code import after_trainer_save
 from .moo.class_groups import frequency_groups, group_anchor_table
 from .schedule import warmup_multistep_schedule
 from .step import MOOParameters, PLOTStep, logits_of
@@ -279,6 +280,12 @@ class PLOTTrainer(Trainer):
         optimizer = super().create_optimizer(*args, **kwargs)
         self.nonfinite_guard.install(optimizer)
         return optimizer
+
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        """``Trainer._save`` (output folder, ``checkpoint-N``, ``push_to_hub``), plus the model's code when timm alone
+        cannot rebuild it, so the folder loads without plot-hf (:mod:`plot_hf.models.remote_code`)."""
+        super()._save(output_dir, state_dict)
+        after_trainer_save(self, output_dir or self.args.output_dir)
 
     def _save_checkpoint(self, model: nn.Module, trial: Any) -> None:
         """``Trainer``'s checkpoint, made verifiable: the manifest (sha256 of every file) is written last and

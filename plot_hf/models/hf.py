@@ -5,6 +5,10 @@ transformers model that round-trips through ``save_pretrained`` / ``push_to_hub`
 ``AutoModelForImageClassification.from_pretrained``. The preprocessing metadata (input size, mean, std,
 crop fraction) is stored in ``config.pretrained_cfg``, which is what ``AutoImageProcessor`` and
 ``pipeline("image-classification")`` read back.
+
+A model that timm alone cannot rebuild (a CIFAR ResNet, a cosine classifier) is a
+:class:`~plot_hf.models.remote_code.PLOTImageClassifier`: its folder carries its code and loads without plot-hf
+with ``trust_remote_code=True`` (:mod:`plot_hf.models.remote_code`).
 """
 
 from __future__ import annotations
@@ -15,7 +19,17 @@ import timm
 from torch import nn
 from transformers import AutoModelForImageClassification, TimmWrapperConfig, TimmWrapperForImageClassification
 
+from .modeling_plot_hf import PLOTTimmWrapperConfig, classifier_name, use_normed_classifier
+from .remote_code import PLOTImageClassifier, needs_remote_code
 from .resnet_cifar import CIFAR_ARCHITECTURES
+
+__all__ = [
+    "classifier_name",
+    "count_parameters",
+    "create_image_classifier",
+    "load_image_classifier",
+    "use_normed_classifier",
+]
 
 
 def create_image_classifier(
@@ -54,7 +68,13 @@ def create_image_classifier(
         if value is not None:
             pretrained_cfg[key] = tuple(value) if isinstance(value, list | tuple) else value
     pretrained_cfg["num_classes"] = len(label_names)
-    config = TimmWrapperConfig(
+    # A model timm alone cannot rebuild gets plot-hf's classes, which save their code with the weights.
+    needs_code = needs_remote_code({"architecture": architecture, "normed_classifier": classifier == "normed"})
+    config_class, model_class = (
+        (PLOTTimmWrapperConfig, PLOTImageClassifier) if needs_code
+        else (TimmWrapperConfig, TimmWrapperForImageClassification)
+    )
+    config = config_class(
         architecture=architecture,
         num_labels=len(label_names),
         id2label=dict(enumerate(label_names)),
@@ -62,7 +82,7 @@ def create_image_classifier(
         model_args=model_args or None,
         pretrained_cfg=pretrained_cfg,
     )
-    model = TimmWrapperForImageClassification(config)
+    model = model_class(config)
     # transformers' post_init re-initialises the classifier; rebuild the timm model's own initialisation.
     fresh = timm.create_model(architecture, pretrained=False, num_classes=len(label_names), **(model_args or {}))
     model.timm_model.load_state_dict(fresh.state_dict())
@@ -70,37 +90,6 @@ def create_image_classifier(
         use_normed_classifier(model)
     elif classifier != "linear":
         raise ValueError(f"`classifier` must be 'linear' or 'normed', got {classifier!r}.")
-    return model
-
-
-def classifier_name(model: nn.Module) -> str:
-    """Qualified name of the classifier module (timm's ``get_classifier()``), e.g. ``timm_model.fc``."""
-    backbone = getattr(model, "timm_model", model)
-    head = backbone.get_classifier()
-    for name, module in model.named_modules():
-        if module is head:
-            return name
-    raise ValueError(f"Cannot locate the classifier of {type(backbone).__name__}.")
-
-
-def use_normed_classifier(model: nn.Module, keep_weight: bool = False) -> nn.Module:
-    """Swap the linear classifier for the cosine :class:`~plot_hf.losses.NormedLinear` (Cao et al. 2019; used by
-    LDAM and GCL) and record it as ``config.normed_classifier`` (so :func:`load_image_classifier` rebuilds it).
-    ``keep_weight``: copy the existing ``weight`` (reloading a saved cosine classifier); its bias is dropped."""
-    from ..losses import NormedLinear
-
-    name = classifier_name(model)
-    parent_name, _, child = name.rpartition(".")
-    parent = model.get_submodule(parent_name) if parent_name else model
-    old = getattr(parent, child)
-    if isinstance(old, NormedLinear):
-        return model
-    head = NormedLinear(old.in_features, old.out_features).to(old.weight.device)
-    if keep_weight:
-        head.weight.data.copy_(old.weight.data)
-    setattr(parent, child, head)
-    if hasattr(model, "config"):
-        model.config.normed_classifier = True
     return model
 
 
