@@ -50,7 +50,8 @@ def test_push_to_hub_uploads_model_card_plots_and_config(tmp_path, monkeypatch):
     final = api.uploads[-1]
     assert final["repo_id"] == "user/digits-plot"
     for name in ("README.md", "config.json", "model.safetensors", "metrics.json", "per_class_accuracy.png",
-                 "training_curves.png", "gradient_conflict.png"):
+                 "training_curves.png", "gradient_conflict.png",
+                 "modeling_plot_hf.py", "resnet_cifar.py", "normed_linear.py"):  # the code: loads without plot-hf
         assert name in final["files"], name
     card = ModelCard(final["card"])
     assert "plot" in card.data.tags and card.data.eval_results  # the PLOT card, not Trainer's generic one
