@@ -38,7 +38,8 @@ LABELS = [f"class_{i}" for i in range(10)]
 # transformers' own refusal (dynamic_module_utils.resolve_trust_remote_code), for a local folder.
 REFUSAL = (
     "The repository {folder} contains custom code which must be executed to correctly load the model. You can "
-    "inspect the repository content at {folder} .\n You can inspect the repository content at https://hf.co/{folder}.\n"
+    "inspect the repository content at {folder} .\n"
+    " You can inspect the repository content at https://hf.co/{folder}.\n"
     "Please pass the argument `trust_remote_code=True` to allow custom code to be run."
 )
 
@@ -167,7 +168,8 @@ def test_timm_backbones_load_without_plot_hf_and_code_only_where_needed(tmp_path
         config = json.loads((folders[name] / "config.json").read_text())
         assert config["model_type"] == "plot_timm_wrapper" and config["auto_map"] == AUTO_MAP, name
         assert set(SHIPPED_MODULES.values()) <= {p.name for p in folders[name].iterdir()}
-    expected = {name: _logits(model, pixels) for name, model in {"plain": plain, "normed": normed, "cifar": cifar}.items()}
+    models = {"plain": plain, "normed": normed, "cifar": cifar}
+    expected = {name: _logits(model, pixels) for name, model in models.items()}
     torch.save(pixels, tmp_path / "pixels.pt")
     fresh = run_without_plot_hf(f"""
         import json, torch
@@ -303,8 +305,9 @@ def test_digits_folders_predict_the_same_without_plot_hf(digits_run, tmp_path):
             RESULT[name + "_class"] = type(model).__module__ + "." + type(model).__name__
         classify = pipeline("image-classification", model=folders["output"], trust_remote_code=True, device="cpu")
         RESULT["pipeline_top"] = [r[0] for r in classify(images)]
-        model.save_pretrained({str(tmp_path / "resaved")!r})  # transformers' own save of remote code
-        again = AutoModelForImageClassification.from_pretrained({str(tmp_path / "resaved")!r}, trust_remote_code=True)
+        resaved = {str(tmp_path / "resaved")!r}
+        model.save_pretrained(resaved)  # transformers' own save of a remote-code model
+        again = AutoModelForImageClassification.from_pretrained(resaved, trust_remote_code=True)
         with torch.no_grad():
             RESULT["resaved"] = again.eval()(**processor(images, return_tensors="pt")).logits.tolist()
     """, tmp_path)

@@ -7,8 +7,8 @@ crop fraction) is stored in ``config.pretrained_cfg``, which is what ``AutoImage
 ``pipeline("image-classification")`` read back.
 
 A model that timm alone cannot rebuild (a CIFAR ResNet, a cosine classifier) is a
-:class:`~plot_hf.models.remote_code.PLOTImageClassifier`: its folder carries its code and loads without plot-hf
-with ``trust_remote_code=True`` (:mod:`plot_hf.models.remote_code`).
+:class:`~plot_hf.models.remote_code.PortableTimmWrapperForImageClassification`: its folder carries its code and
+loads without plot-hf with ``trust_remote_code=True`` (:mod:`plot_hf.models.remote_code`).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from torch import nn
 from transformers import AutoModelForImageClassification, TimmWrapperConfig, TimmWrapperForImageClassification
 
 from .modeling_plot_hf import PLOTTimmWrapperConfig, classifier_name, use_normed_classifier
-from .remote_code import PLOTImageClassifier, needs_remote_code
+from .remote_code import PortableTimmWrapperForImageClassification, needs_remote_code
 from .resnet_cifar import CIFAR_ARCHITECTURES
 
 __all__ = [
@@ -71,7 +71,7 @@ def create_image_classifier(
     # A model timm alone cannot rebuild gets plot-hf's classes, which save their code with the weights.
     needs_code = needs_remote_code({"architecture": architecture, "normed_classifier": classifier == "normed"})
     config_class, model_class = (
-        (PLOTTimmWrapperConfig, PLOTImageClassifier) if needs_code
+        (PLOTTimmWrapperConfig, PortableTimmWrapperForImageClassification) if needs_code
         else (TimmWrapperConfig, TimmWrapperForImageClassification)
     )
     config = config_class(

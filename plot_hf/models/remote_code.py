@@ -21,9 +21,10 @@ load with plain timm / transformers.
 
 ``import plot_hf`` registers the classes with ``AutoConfig`` / ``AutoModelForImageClassification``
 (:func:`register_auto_classes`), so loading with plot-hf installed needs no ``trust_remote_code``. The class
-registered for loading is :class:`PLOTImageClassifier`, whose ``save_pretrained`` (and so ``push_to_hub``) writes
-the code as well; :class:`plot_hf.PLOTTrainer` writes it into every folder it saves (output folder,
-``checkpoint-N``, the folder ``push_to_hub`` uploads) through :func:`after_trainer_save`.
+registered for loading (and built by :func:`plot_hf.models.create_image_classifier`) is
+:class:`PortableTimmWrapperForImageClassification`, whose ``save_pretrained`` (and so ``push_to_hub``) writes the
+code as well; :class:`plot_hf.PLOTTrainer` writes it into every folder it saves (output folder, ``checkpoint-N``,
+the folder ``push_to_hub`` uploads) through :func:`after_trainer_save`, whatever the model's class.
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ from .resnet_cifar import CIFAR_ARCHITECTURES
 __all__ = [
     "AUTO_MAP",
     "SHIPPED_MODULES",
-    "PLOTImageClassifier",
+    "PortableTimmWrapperForImageClassification",
     "after_trainer_save",
     "needs_remote_code",
     "register_auto_classes",
@@ -90,8 +91,8 @@ def _folder_relative_import(node: ast.ImportFrom, module_name: str) -> str:
     package = module_name.rpartition(".")[0]
     if node.module is None:
         raise ValueError(
-            f"{module_name}: `from {'.' * node.level} import ...` is not followed by transformers' remote-code loader; "
-            "write `from .module import name`."
+            f"{module_name}: `from {'.' * node.level} import ...` is not followed by transformers' remote-code "
+            "loader; write `from .module import name`."
         )
     target = importlib.util.resolve_name("." * node.level + node.module, package)
     if target not in SHIPPED_MODULES:
@@ -106,7 +107,9 @@ def _folder_relative_import(node: ast.ImportFrom, module_name: str) -> str:
 def _check_absolute_import(node: ast.Import | ast.ImportFrom, module_name: str) -> None:
     modules = [alias.name for alias in node.names] if isinstance(node, ast.Import) else [node.module or ""]
     if any(name.split(".")[0] == "plot_hf" for name in modules):
-        raise ValueError(f"{module_name} imports plot_hf by its absolute name; shipped modules use relative imports.")
+        raise ValueError(
+            f"{module_name} imports plot_hf by its absolute name; shipped modules use relative imports."
+        )
 
 
 def make_folder_relative(source: str, module_name: str) -> str:
@@ -187,7 +190,7 @@ def after_trainer_save(trainer: Any, output_dir: str | os.PathLike) -> None:
         write_code_files(run_dir)
 
 
-class PLOTImageClassifier(PLOTTimmWrapperForImageClassification):
+class PortableTimmWrapperForImageClassification(PLOTTimmWrapperForImageClassification):
     """The class plot-hf builds and loads for ``plot_timm_wrapper`` models: ``save_pretrained`` (and
     ``push_to_hub``, which saves through it) also writes the code (:func:`write_remote_code`)."""
 
@@ -206,5 +209,7 @@ def register_auto_classes() -> None:
     """Register ``plot_timm_wrapper`` with ``AutoConfig`` and ``AutoModelForImageClassification`` (done by
     ``import plot_hf``), so such folders load without ``trust_remote_code``."""
     AutoConfig.register(MODEL_TYPE, PLOTTimmWrapperConfig, exist_ok=True)
-    AutoModelForImageClassification.register(PLOTTimmWrapperConfig, PLOTImageClassifier, exist_ok=True)
+    AutoModelForImageClassification.register(
+        PLOTTimmWrapperConfig, PortableTimmWrapperForImageClassification, exist_ok=True
+    )
 
