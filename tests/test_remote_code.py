@@ -191,6 +191,31 @@ def test_timm_backbones_load_without_plot_hf_and_code_only_where_needed(tmp_path
     assert fresh["normed_head"] == fresh["cifar_head"] == "NormedLinear"
 
 
+def test_with_plot_hf_no_remote_code_runs_and_older_folders_still_load(tmp_path):
+    from transformers import TimmWrapperConfig, TimmWrapperForImageClassification
+
+    torch.manual_seed(0)
+    pixels = torch.randn(2, 3, 8, 8)
+    model = create_image_classifier("resnet20_cifar", LABELS, input_size=(3, 8, 8))
+    model.save_pretrained(tmp_path / "new")
+    for trust in (None, True):  # plot_hf's registered class wins over the folder's copy, asked for or not
+        loaded = AutoModelForImageClassification.from_pretrained(tmp_path / "new", trust_remote_code=trust)
+        assert type(loaded).__module__ == "plot_hf.models.remote_code"
+        assert _logits(loaded, pixels) == _logits(model, pixels)
+    # a folder written before models carried their code: model_type timm_wrapper, found through timm's registry
+    old = TimmWrapperForImageClassification(TimmWrapperConfig(
+        architecture="resnet20_cifar", num_labels=10, id2label=dict(enumerate(LABELS)),
+        pretrained_cfg=model.config.pretrained_cfg,
+    ))
+    old.load_state_dict(model.state_dict())
+    old.save_pretrained(tmp_path / "old")
+    assert json.loads((tmp_path / "old" / "config.json").read_text())["model_type"] == "timm_wrapper"
+    reloaded = AutoModelForImageClassification.from_pretrained(tmp_path / "old")
+    assert _logits(reloaded, pixels) == _logits(model, pixels)
+    assert write_remote_code(tmp_path / "old")  # re-saved by plot-hf, it gets the code
+    assert json.loads((tmp_path / "old" / "config.json").read_text())["auto_map"] == AUTO_MAP
+
+
 # ----------------------------------------------------------------------------- the digits recipe, end to end
 class SnapshotHubApi:
     """Stands in for the Hub: each upload copies the files it would send (ignore patterns applied) to a snapshot."""
