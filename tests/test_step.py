@@ -12,8 +12,10 @@ import torch
 import torch.nn.functional as F
 
 import plot_hf  # noqa: F401
+from plot_hf.distributed import SingleProcess
 from plot_hf.moo import get_solver
-from plot_hf.moo.gramian_sources import PerClassVJPs
+from plot_hf.moo.class_groups import frequency_groups, group_anchor_table
+from plot_hf.moo.gramian_sources import OnePassSplit, PerClassVJPs, SketchedGramian
 from plot_hf.moo.policies import Amortised, SolveEveryStep
 from plot_hf.moo.solvers import DegenerateGramianWarning
 from plot_hf.step import Solve
@@ -165,3 +167,60 @@ def test_solve_phase_counts_degenerate_fallbacks_and_gives_nan_for_non_finite_in
             assert bool(torch.isnan(bad.coefficients).all())
             good = solve(torch.tensor([[2.0, -0.5], [-0.5, 1.0]]), losses, ids, host_reads=host_reads)
             assert float(good.degenerate) == 0 and bool(torch.isfinite(good.coefficients).all())
+
+
+@pytest.mark.parametrize(
+    ("config", "source", "expected"),
+    [
+        ({"moo_gradient_method": "auto"}, PerClassVJPs, {"name": "loop"}),  # batch norm, on a CPU
+        ({"moo_gradient_method": "batched", "moo_chunk_size": 3}, PerClassVJPs, {"name": "batched", "chunk_size": 3}),
+        ({"moo_gradient_method": "batched", "moo_chunk_memory_mb": 8.0}, PerClassVJPs, {"chunk_memory_mb": 8.0}),
+        ({"moo_gradient_method": "sketch", "moo_sketch_dim": 5}, SketchedGramian, {"name": "sketch", "dim": 5}),
+        ({"moo_gradient_method": "auto", "architecture": "resnet20_cifar_gn"}, OnePassSplit, {"name": "per_sample_split"}),
+    ],
+)
+def test_build_plot_step_chooses_the_gramian_source_from_the_config(config, source, expected):
+    config = dict(config)
+    norm = "group" if config.pop("architecture", "") == "resnet20_cifar_gn" else "batch"
+    model = Wrapper(timm.create_model("resnet20_cifar", num_classes=4, norm=norm))
+    step = build_step(model, [8, 4, 2, 1], **config)
+    assert isinstance(step.gramian_source, source) and step.gradient_method == step.gramian_source.name
+    for key, value in expected.items():
+        assert getattr(step.gramian_source, key) == value, key
+    assert isinstance(step.reducer, SingleProcess) and step.moo.stage_name == "timm_model.layer3"
+
+
+def test_build_plot_step_chooses_policy_objectives_and_solve_from_the_config():
+    counts = [40, 20, 10, 5, 2, 1]
+    model = Wrapper(timm.create_model("resnet20_cifar", num_classes=6))
+    plain = build_step(model, counts, moo_solver="cagrad", cagrad_alpha=0.3, cagrad_rescale=2, sam_rho=0.01,
+                       sam_keep_fraction=0.5, vc_weight=0.2)
+    assert isinstance(plain.policy, SolveEveryStep) and plain.objective_ids.are_classes
+    assert plain.objective_ids.num_ids == 6 and (plain.rho, plain.keep_fraction, plain.vc_weight) == (0.01, 0.5, 0.2)
+    assert plain.solve.solver_name == "cagrad" and plain.solve.solver_kwargs == {"alpha": 0.3, "rescale": 2}
+    torch.testing.assert_close(plain.solve.anchor_table, class_prior_anchor(counts))
+    grouped = build_step(model, counts, moo_solver="mgda", moo_class_groups=3, moo_solve_every=4, moo_anchor="uniform")
+    assert isinstance(grouped.policy, Amortised) and grouped.policy.cache.every == 4
+    assert grouped.objective_ids.num_ids == 3 and grouped.policy.cache.table.numel() == 3
+    assert grouped.objective_ids(torch.tensor([0, 1, 2, 3, 4, 5])).tolist() == [0, 0, 1, 1, 2, 2]
+    assert grouped.solve.anchor_table is None and grouped.solve.solver_kwargs == {}
+    with_prior = build_step(model, counts, moo_class_groups=3)
+    torch.testing.assert_close(with_prior.solve.anchor_table, group_anchor_table(class_prior_anchor(counts),
+                                                                                  frequency_groups(counts, 3)))
+
+
+def test_one_group_per_class_gives_the_per_class_step(device):
+    """Class groups with as many groups as classes: each group is one class (ordered by count, so the objectives
+    are a permutation of the classes, and so is the anchor); CAGrad is invariant to that order, so the step's
+    gradients equal those of the per-class step."""
+    torch.manual_seed(0)
+    counts = [5, 50, 8, 30, 12, 20]  # not sorted: the groups permute the classes
+    models = [Wrapper(timm.create_model("resnet32_cifar", num_classes=6)).to(device).train()]
+    models.append(copy.deepcopy(models[0]))
+    x = torch.randn(24, 3, 16, 16, device=device)
+    y = torch.tensor([0, 0, 1, 1, 1, 2, 3, 3, 4, 5, 5, 5] * 2, device=device)
+    for model, groups in zip(models, (None, 6), strict=True):
+        step = build_step(model, counts, moo_gradient_method="loop", moo_class_groups=groups, sam_rho=RHO, vc_weight=VC)
+        run_step(step, model, x, y)
+    for (name, p), q in zip(models[0].named_parameters(), models[1].parameters(), strict=True):
+        torch.testing.assert_close(q.grad, p.grad, rtol=1e-4, atol=1e-6, msg=name)
