@@ -92,6 +92,9 @@ class CrossRank:
         """See :func:`reduce_class_gradients`."""
         return reduce_class_gradients(local, self)
 
+    def __repr__(self) -> str:
+        return f"CrossRank(mode={self.mode!r})"
+
 
 class LocalBatch:
     """The batch of a single process: the objective ids present, ``L_k = (1/B) sum_{i: id_i = k} l_i``, the
@@ -138,6 +141,9 @@ class SingleProcess:
     def gradients_and_gramian(self, local: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, float]:
         """``(G, G G^T, 1.0)``: the matrix for the direction, the Gramian for the solver, the direction's factor."""
         return local, gramian(local), 1.0
+
+    def __repr__(self) -> str:
+        return "SingleProcess()"
 
 
 @dataclass

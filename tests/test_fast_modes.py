@@ -47,12 +47,14 @@ def _run(step, model, x, y):
     return {n: p.grad.clone() for n, p in model.named_parameters()}
 
 
-def test_per_sample_split_equals_loop_on_groupnorm():
+@pytest.mark.parametrize("chunk_size", [None, 5])
+def test_per_sample_split_equals_loop_on_groupnorm(chunk_size):
+    """Also with ``moo_chunk_size`` (samples per vectorised per-sample call)."""
     x, y = _batch()
     grads = {}
     for method in ("loop", "per_sample_split"):
         model = _model("resnet32_cifar_gn")
-        grads[method] = _run(_step(model, method), model, x, y)
+        grads[method] = _run(_step(model, method, moo_chunk_size=chunk_size), model, x, y)
     for name, g in grads["loop"].items():
         torch.testing.assert_close(grads["per_sample_split"][name], g, rtol=1e-5, atol=1e-5, msg=name)
 

@@ -188,6 +188,7 @@ def test_build_plot_step_chooses_the_gramian_source_from_the_config(config, sour
     for key, value in expected.items():
         assert getattr(step.gramian_source, key) == value, key
     assert isinstance(step.reducer, SingleProcess) and step.moo.stage_name == "timm_model.layer3"
+    assert repr(step.gramian_source) in repr(step) and "SingleProcess()" in repr(step)
 
 
 def test_build_plot_step_chooses_policy_objectives_and_solve_from_the_config():

@@ -124,23 +124,27 @@ class PerClassVJPs:
 
 class OnePassSplit:
     """Exact per-class gradients from one backward (:class:`plot_hf.moo.split.SplitCapture`): ``model`` is the
-    model the perturbed forward runs, ``stage_name`` its MOO stage, ``param_names`` the MOO parameters."""
+    model the perturbed forward runs, ``stage_name`` its MOO stage, ``param_names`` the MOO parameters;
+    ``chunk_size`` samples per vectorised per-sample call (None: all)."""
 
     name = "per_sample_split"
 
-    def __init__(self, model: nn.Module, stage_name: str, param_names: Sequence[str]):
+    def __init__(self, model: nn.Module, stage_name: str, param_names: Sequence[str], chunk_size: int | None = None):
         self.capture = SplitCapture(model, stage_name, param_names)
+        self.chunk_size = chunk_size
 
     def forward_context(self, exclude: Sequence[torch.Tensor]) -> AbstractContextManager:
         """Record the stage's module inputs and outputs; refuse sample-coupling batch norm."""
         return self.capture.capture()
 
     def compute(self, problem: PerturbedObjectives) -> ClassGramian:
-        matrix = self.capture.per_class_gradients(problem.scaled(), problem.positions, problem.values)
+        matrix = self.capture.per_class_gradients(
+            problem.scaled(), problem.positions, problem.values, chunk_size=self.chunk_size
+        )
         return ClassGramian(problem.unscaled(matrix))
 
     def __repr__(self) -> str:
-        return f"OnePassSplit(stage_name={self.capture.stage_name!r})"
+        return f"OnePassSplit(stage_name={self.capture.stage_name!r}, chunk_size={self.chunk_size})"
 
 
 class SketchedGramian:

@@ -72,6 +72,9 @@ class ObjectiveIds:
         self.class_to_group = class_to_group
         self.num_ids = num_classes if class_to_group is None else int(class_to_group.max()) + 1
 
+    def __repr__(self) -> str:
+        return f"ObjectiveIds(num_classes={self.num_classes}, num_ids={self.num_ids})"
+
     @property
     def are_classes(self) -> bool:
         return self.class_to_group is None

@@ -64,7 +64,7 @@ def _gramian_source(
 ) -> GramianSource:
     """The Gramian source of the (resolved) gradient method."""
     if method == "per_sample_split":
-        return OnePassSplit(model, moo.stage_name, moo.names)
+        return OnePassSplit(model, moo.stage_name, moo.names, chunk_size=config.moo_chunk_size)
     if method == "sketch":
         return SketchedGramian(config.moo_sketch_dim, chunk_size=config.moo_chunk_size)
     return PerClassVJPs(method, config.moo_chunk_size, config.moo_chunk_memory_mb, local_rows_only=local_rows_only)

@@ -43,7 +43,7 @@ class Solve:
 
     solver_name: str
     solver_kwargs: dict = field(default_factory=dict)
-    anchor_table: torch.Tensor | None = None
+    anchor_table: torch.Tensor | None = field(default=None, repr=False)
 
     def anchor(self, ids: torch.Tensor) -> torch.Tensor | None:
         """The preference of the ids present, normalised to sum 1 (float64); None for the uniform preference."""

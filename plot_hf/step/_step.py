@@ -132,6 +132,14 @@ class PLOTStep:
     def gradient_method(self) -> str:
         return self.gramian_source.name
 
+    def __repr__(self) -> str:
+        return (
+            f"PLOTStep(stage={self.moo.stage_name!r}, objective_ids={self.objective_ids!r}, "
+            f"gramian_source={self.gramian_source!r}, reducer={self.reducer!r}, policy={self.policy!r}, "
+            f"solve={self.solve!r}, rho={self.rho}, keep_fraction={self.keep_fraction}, vc_weight={self.vc_weight}, "
+            f"host_reads={self.host_reads})"
+        )
+
     def run(
         self,
         model: nn.Module,
