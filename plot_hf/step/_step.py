@@ -170,9 +170,7 @@ class PLOTStep:
             grad_scale=hooks.grad_scale,
         )
         direction, solved = self._direction(problem, scope.classes, host_reads)  # 5-6. Gramian, solve
-        for slot, piece in zip(point.slots, unflatten(direction, self.moo.params), strict=True):
-            slot.fill(piece.detach(), hooks.loss_scale)
-        vc = self._backward(point.losses, class_labels, scope, hooks)  # 7. apply
+        vc = self._apply(direction, point, class_labels, scope, hooks)  # 7. apply
         self._keep(epsilon)  # 8. keep
         diagnostics = StepDiagnostics(
             num_classes=float(scope.classes.numel()),
@@ -246,11 +244,16 @@ class PLOTStep:
             direction = weighted_gradient(problem.objectives, solved.coefficients, values)
         return (direction if factor == 1.0 else direction * factor), solved
 
-    def _backward(
-        self, losses: torch.Tensor, class_labels: torch.Tensor, scope: BatchScope, hooks: TrainingLoopHooks
+    def _apply(
+        self, direction: torch.Tensor, point: _PerturbedPoint, class_labels: torch.Tensor, scope: BatchScope,
+        hooks: TrainingLoopHooks,
     ) -> torch.Tensor:
         """ONE backward of ``mean(l) + vc_weight * L_vc`` (the global batch's, times W since DDP averages over
-        the ranks); returns the variability-collapse loss ``L_vc`` (over classes, also with class groups)."""
+        the ranks) in which ``theta`` receives ``direction`` instead of its own gradient; returns the
+        variability-collapse loss ``L_vc`` (over classes, also with class groups)."""
+        for slot, piece in zip(point.slots, unflatten(direction, self.moo.params), strict=True):
+            slot.fill(piece.detach(), hooks.loss_scale)
+        losses = point.losses
         vc, vc_term = losses.new_zeros(()), losses.new_zeros(())
         if self.vc_weight > 0:
             by_class = scope if self.objective_ids.are_classes else self.reducer.scope(class_labels, self.objective_ids.num_classes)
