@@ -32,7 +32,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's plot_hf and `benchmarks`
@@ -44,11 +44,12 @@ import torch.nn.functional as F
 from scipy.optimize import minimize
 
 import plot_hf  # noqa: F401
+from plot_hf import PLOTConfig
 from plot_hf.moo import per_class_gradients, per_class_objectives
 from plot_hf.moo.class_groups import frequency_groups, group_anchor_table
 from plot_hf.moo.sketch import frozen_batch_stats, sketch_gramian
 from plot_hf.moo.solvers import SOLVERS, cagrad_objective
-from plot_hf.step import PLOTStep
+from plot_hf.step import PLOTStep, build_plot_step
 from plot_hf.trainer import class_prior_anchor, resolve_gradient_method, resolve_moo_parameters
 
 SKIPPABLE = ("timing", "memory", "fidelity", "solvers")
@@ -182,32 +183,22 @@ def last_block(model: Wrapper) -> str:
 
 
 def plot_step(model: Wrapper, counts: list[int], stage: str = "net.layer3", **kwargs) -> PLOTStep:
-    """The step as ``PLOTTrainer`` builds it: ``host_reads`` left unset, so that the step resolves it from the
-    inputs' device (host reads on a CPU; none on CUDA, where the solvers run their sync-free fixed budget).
-    ``stage``: the module holding the MOO parameters (``moo_modules``)."""
-    groups = kwargs.pop("groups", None)
-    step = PLOTStep(moo=resolve_moo_parameters(model, [stage]), solver_name="cagrad",
-                    solver_kwargs={"alpha": 0.5, "rescale": 1}, rho=1e-4, keep_fraction=0.0, vc_weight=0.02,
-                    **kwargs)
-    table = class_prior_anchor(counts)
-    if groups:
-        step.class_to_group = frequency_groups(counts, groups)
-        table = group_anchor_table(table, step.class_to_group)
-    step._table = table  # type: ignore[attr-defined]
-    return step
+    """The step as ``PLOTTrainer`` builds it (:func:`plot_hf.step.build_plot_step`), ``host_reads`` left unset, so
+    that the step resolves it from the inputs' device (host reads on a CPU; none on CUDA, where the solvers run
+    their sync-free fixed budget). ``stage``: the module holding the MOO parameters (``moo_modules``); the other
+    keyword arguments name the step's options (``gradient_method``, ``chunk_size``, ``chunk_memory_mb``,
+    ``sketch_dim``, ``groups``, ``solve_every``)."""
+    options = {"gradient_method": "moo_gradient_method", "chunk_size": "moo_chunk_size", "groups": "moo_class_groups",
+               "chunk_memory_mb": "moo_chunk_memory_mb", "sketch_dim": "moo_sketch_dim", "solve_every": "moo_solve_every"}
+    config = PLOTConfig(report_to="none", moo_modules=[stage], moo_solver="cagrad", cagrad_alpha=0.5, cagrad_rescale=1,
+                        sam_rho=1e-4, sam_keep_fraction=0.0, vc_weight=0.02,
+                        **{options[key]: value for key, value in kwargs.items()})
+    return build_plot_step(config, model, counts)
 
 
 def run_plot(step: PLOTStep, model: Wrapper, x: torch.Tensor, y: torch.Tensor) -> None:
     model.zero_grad(set_to_none=True)
-    table = step._table  # type: ignore[attr-defined]
-
-    def anchor_for(ids: torch.Tensor) -> torch.Tensor:
-        a = table.to(ids.device)[ids].double()  # as PLOTTrainer._anchor
-        return a / a.sum()
-
-    step.run(model=model, unwrapped=model, pixel_values=x, group_labels=y,
-             per_sample_loss=lambda logits: F.cross_entropy(logits, y, reduction="none"), anchor_for=anchor_for,
-             backward=lambda loss: loss.backward(), loss_scale=1.0, autocast=nullcontext, forward_context=nullcontext)
+    step.run(model, x, y, lambda logits: F.cross_entropy(logits, y, reduction="none"))
 
 
 def variants(cfg: dict, num_classes: int) -> dict:

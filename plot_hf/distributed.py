@@ -24,17 +24,22 @@ global batch needs, besides the per-sample losses that stay local:
   backward uses a local surrogate with the exact gradient (see :func:`global_variability_collapse`).
 
 Every rank runs the same collectives in the same order (the number of classes is known after the first
-all-reduce). Single process: every reduction is the identity.
+all-reduce). A single process uses :class:`SingleProcess`, whose reductions are the identity and whose batch
+(:class:`LocalBatch`) is the local one; :func:`reducer_for` picks one of the two when the step is built.
 """
 
 from __future__ import annotations
 
+import functools
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
 import torch.distributed as dist
+
+from .moo.gradients import gramian
+from .moo.objectives import variability_collapse_loss
 
 ReduceMode = Literal["gradients", "gramian"]
 REDUCE_MODES = ("gradients", "gramian")
@@ -75,6 +80,71 @@ class CrossRank:
         pieces = torch.split(flat, [t.numel() for t in tensors])
         return [piece.view_as(t).to(t.dtype) for piece, t in zip(pieces, tensors, strict=True)]
 
+    def summed(self, tensor: torch.Tensor) -> torch.Tensor:
+        """The sum over ranks of ``tensor``, as a new tensor (``tensor`` is left as it is)."""
+        return self.sum_(tensor.clone())
+
+    def scope(self, ids: torch.Tensor, num_ids: int) -> GlobalBatch:
+        """The global batch of the objective ids ``ids`` (values in ``[0, num_ids)``): one all-reduce."""
+        return global_batch(ids, num_ids, self)
+
+    def gradients_and_gramian(self, local: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, float]:
+        """See :func:`reduce_class_gradients`."""
+        return reduce_class_gradients(local, self)
+
+    def __repr__(self) -> str:
+        return f"CrossRank(mode={self.mode!r})"
+
+
+class LocalBatch:
+    """The batch of a single process: the objective ids present, ``L_k = (1/B) sum_{i: id_i = k} l_i``, the
+    batch-mean loss and the variability-collapse loss of the local batch."""
+
+    world_size = 1
+
+    def __init__(self, ids: torch.Tensor):
+        self.ids = ids
+
+    @functools.cached_property
+    def classes(self) -> torch.Tensor:
+        """The ids present, sorted: a host read (it fixes K)."""
+        return torch.unique(self.ids, sorted=True)
+
+    def mean(self, losses: torch.Tensor) -> torch.Tensor:
+        return losses.mean()
+
+    def objectives(self, losses: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        """``L_k`` for every id in ``classes`` (as :func:`plot_hf.moo.per_class_objectives`)."""
+        position = torch.searchsorted(self.classes, ids)
+        return losses.new_zeros(self.classes.numel()).index_add(0, position, losses) / float(losses.numel())
+
+    def variability_collapse(self, losses: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(value, term to differentiate)``: both :func:`plot_hf.moo.variability_collapse_loss`."""
+        value = variability_collapse_loss(losses, labels)
+        return value, value
+
+
+class SingleProcess:
+    """The reducer of one process: the step's batch is the local batch, every sum over ranks is the identity."""
+
+    world_size = 1
+
+    def scope(self, ids: torch.Tensor, num_ids: int) -> LocalBatch:
+        return LocalBatch(ids)
+
+    def sum_list(self, tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+        return tensors
+
+    def summed(self, tensor: torch.Tensor) -> torch.Tensor:
+        return tensor
+
+    def gradients_and_gramian(self, local: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, float]:
+        """``(G, G G^T, 1.0)``: the matrix for the direction, the Gramian for the solver, the direction's factor."""
+        return local, gramian(local), 1.0
+
+    def __repr__(self) -> str:
+        return "SingleProcess()"
+
 
 @dataclass
 class GlobalBatch:
@@ -84,6 +154,7 @@ class GlobalBatch:
     counts: torch.Tensor
     size: int
     world_size: int
+    reducer: CrossRank = field(default_factory=CrossRank, repr=False)
 
     def positions(self, labels: torch.Tensor) -> torch.Tensor:
         """Row of each local sample's class in ``classes``."""
@@ -98,6 +169,16 @@ class GlobalBatch:
         """Indices (into ``classes``) of the classes present on this rank."""
         return torch.unique(self.positions(labels), sorted=True)
 
+    def mean(self, losses: torch.Tensor) -> torch.Tensor:
+        """This rank's part ``(1/B) sum_{i on r} l_i`` of the global batch-mean loss."""
+        return losses.sum() / self.size
+
+    objectives = local_objectives
+
+    def variability_collapse(self, losses: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """See :func:`global_variability_collapse` (``labels`` index this batch's ``classes``)."""
+        return global_variability_collapse(losses, labels, self, self.reducer)
+
 
 def global_batch(labels: torch.Tensor, num_classes: int, reducer: CrossRank) -> GlobalBatch:
     """One all-reduce of the per-class counts: the classes present anywhere and ``B``."""
@@ -109,7 +190,18 @@ def global_batch(labels: torch.Tensor, num_classes: int, reducer: CrossRank) -> 
         counts=counts[classes].to(labels.device),
         size=int(counts.sum().item()),
         world_size=reducer.world_size,
+        reducer=reducer,
     )
+
+
+Reducer = SingleProcess | CrossRank
+BatchScope = LocalBatch | GlobalBatch  # what Reducer.scope returns
+
+
+def reducer_for(mode: ReduceMode = "gradients") -> Reducer:
+    """:class:`CrossRank` in ``mode`` when this process is one of several ranks, else :class:`SingleProcess`."""
+    cross_rank = CrossRank(mode)
+    return cross_rank if cross_rank.active else SingleProcess()
 
 
 def reduce_class_gradients(
@@ -121,16 +213,12 @@ def reduce_class_gradients(
     that DDP's average over ranks is ``lambda^T G`` (see the module docstring).
     """
     if not reducer.active:
-        product = local @ local.T
-        return local, (product + product.T) / 2, 1.0
-    world = reducer.world_size
+        return local, gramian(local), 1.0
     if reducer.mode == "gradients":
         total = reducer.sum_(local.clone())
-        product = total @ total.T
-        return total, (product + product.T) / 2, 1.0
-    product = local @ local.T
-    gram = reducer.sum_((product + product.T) / 2) * world
-    return local, gram, float(world)
+        return total, gramian(total), 1.0
+    world = reducer.world_size
+    return local, reducer.sum_(gramian(local)) * world, float(world)
 
 
 def global_variability_collapse(

@@ -15,13 +15,12 @@ from torch import nn
 from transformers import Trainer, TrainerCallback
 
 from .config import PLOTConfig
-from .distributed import CrossRank, check_backend, check_launch, has_sync_batch_norm, maybe_sync_batch_norm
+from .distributed import check_backend, check_launch, maybe_sync_batch_norm
 from .guard import NonFiniteGuard
 from .losses import build_loss, mixup_loss
 from .models.remote_code import after_trainer_save
-from .moo.class_groups import frequency_groups, group_anchor_table
 from .schedule import warmup_multistep_schedule
-from .step import MOOParameters, PLOTStep, logits_of
+from .step import MOOParameters, PLOTStep, TrainingLoopHooks, build_plot_step, logits_of
 
 
 class PLOTTrainer(Trainer):
@@ -77,45 +76,15 @@ class PLOTTrainer(Trainer):
         self.class_counts = resolve_class_counts(self.args.class_counts, self.train_dataset, num_labels)
         self.loss_fn = build_loss(self.args.loss_type, self.class_counts, **(self.args.loss_kwargs or {}))
         self.loss_fn.to(self.args.device)
-        self._anchor_table = class_prior_anchor(self.class_counts)
-        class_to_group = None
-        if self.args.moo_class_groups is not None:  # objectives = frequency-ordered class bins
-            class_to_group = frequency_groups(self.class_counts, self.args.moo_class_groups)
-            self._anchor_table = group_anchor_table(self._anchor_table, class_to_group)
-        self._plot_step: PLOTStep | None = None
         self._plot_logs: dict[str, list[float | torch.Tensor]] = defaultdict(list)
+        self._plot_step: PLOTStep | None = None
         if self.args.plot_enabled:
-            moo = resolve_moo_parameters(unwrapped, self.args.moo_modules)
-            self.gradient_method = resolve_gradient_method(
-                unwrapped, moo, self.args.moo_gradient_method, self.args.device
-            )
-            self._plot_step = PLOTStep(
-                moo=moo,
-                solver_name=self.args.moo_solver,
-                solver_kwargs=self._solver_kwargs(),
-                rho=self.args.sam_rho,
-                keep_fraction=self.args.sam_keep_fraction,
-                vc_weight=self.args.vc_weight,
-                gradient_method=self.gradient_method,
-                chunk_size=self.args.moo_chunk_size,
-                chunk_memory_mb=self.args.moo_chunk_memory_mb,
-                solve_every=self.args.moo_solve_every,
-                sketch_dim=self.args.moo_sketch_dim,
-                class_to_group=class_to_group,
-            )
+            self._plot_step = build_plot_step(self.args, unwrapped, self.class_counts)
+            self._guard_kept_perturbation()
 
-        self._setup_distributed(unwrapped)
-
-    def _setup_distributed(self, unwrapped: nn.Module) -> None:
-        """Cross-rank reductions of the PLOT step (global-batch definition under DDP; identity on one process)
-        and the guard that undoes a kept SAM perturbation when the fp16 scaler skips the optimizer step."""
+    def _guard_kept_perturbation(self) -> None:
+        """Undo a kept SAM perturbation when the fp16 scaler skips the optimizer step (:class:`_SkippedStepGuard`)."""
         self._kept_snapshot: list[torch.Tensor] | None = None
-        if self._plot_step is None:
-            return
-        self._plot_step.reducer = CrossRank(self.args.moo_ddp_reduce)
-        self._plot_step.all_class_rows = has_sync_batch_norm(unwrapped)
-        if self.args.world_size > 1 and self._plot_step.gradient_method == "sketch":
-            raise ValueError("`moo_gradient_method='sketch'` is not reduced across ranks; use 'loop' or 'batched' with DDP.")
         self.add_callback(_SkippedStepGuard(self))
 
     # ----------------------------------------------------------------------------------------------- step
@@ -145,26 +114,24 @@ class PLOTTrainer(Trainer):
             return super().training_step(model, inputs, num_items_in_batch)
         model.train()
         inputs = self._prepare_inputs(inputs)
-        pixel_values, labels = inputs["pixel_values"], inputs["labels"]
-        pixel_values, per_sample_loss, group_labels = self._baseline(pixel_values, labels)
-        scale = self._backward_scale()
+        pixel_values, per_sample_loss, class_labels = self._baseline(inputs["pixel_values"], inputs["labels"])
+        self._snapshot_before_kept_perturbation()
         clean_loss, diagnostics = self._plot_step.run(  # type: ignore[union-attr]
-            model=model,
-            unwrapped=self.accelerator.unwrap_model(model),
-            pixel_values=pixel_values,
-            group_labels=group_labels,
-            per_sample_loss=per_sample_loss,
-            anchor_for=self._anchor,
-            backward=lambda loss: self.accelerator.backward(loss / self.current_gradient_accumulation_steps),
-            loss_scale=scale,
-            autocast=self.accelerator.autocast,
-            forward_context=self.compute_loss_context_manager,
-            grad_scale=self._grad_scale(),
+            model, pixel_values, class_labels, per_sample_loss, self._training_loop_hooks()
         )
         for key, value in vars(diagnostics).items():
-            if key != "extras":
-                self._plot_logs[f"plot/{key}"].append(value)
+            self._plot_logs[f"plot/{key}"].append(value)
         return clean_loss / self.current_gradient_accumulation_steps
+
+    def _training_loop_hooks(self) -> TrainingLoopHooks:
+        """Accelerate's backward (divided by the accumulation steps), its scales, autocast and loss context."""
+        return TrainingLoopHooks(
+            backward=lambda loss: self.accelerator.backward(loss / self.current_gradient_accumulation_steps),
+            loss_scale=self._backward_scale(),
+            grad_scale=self._loss_scaler_scale(),
+            autocast=self.accelerator.autocast,
+            forward_context=self.compute_loss_context_manager,
+        )
 
     def compute_loss(
         self,
@@ -207,16 +174,21 @@ class PLOTTrainer(Trainer):
 
         return pixel_values, plain_loss, labels
 
-    def _grad_scale(self) -> float:
-        """The fp16 loss-scaler's current scale (1.0 without one); snapshot the MOO parameters before a kept SAM
-        perturbation so that a skipped optimizer step can leave them as they were."""
+    def _loss_scaler_scale(self) -> float:
+        """The fp16 loss-scaler's current scale (1.0 without one)."""
         scaler = getattr(self.accelerator, "scaler", None)
         if scaler is None or not scaler.is_enabled():
             return 1.0
-        step = self._plot_step
-        if step is not None and step.keep_fraction and step.rho > 0 and self._kept_snapshot is None:
-            self._kept_snapshot = [p.detach().clone() for p in step.moo.params]
         return float(scaler.get_scale())
+
+    def _snapshot_before_kept_perturbation(self) -> None:
+        """With an fp16 scaler and a kept SAM perturbation, copy the MOO parameters (once per optimizer step), so
+        that a skipped optimizer step can leave them as they were (:class:`_SkippedStepGuard`)."""
+        step, scaler = self._plot_step, getattr(self.accelerator, "scaler", None)
+        if scaler is None or not scaler.is_enabled() or step is None or self._kept_snapshot is not None:
+            return
+        if step.keep_fraction and step.rho > 0:
+            self._kept_snapshot = [p.detach().clone() for p in step.moo.params]
 
     def _backward_scale(self) -> float | torch.Tensor:
         """The factor ``accelerator.backward`` applies to the loss we pass it (for the gradient replacement)."""
@@ -226,17 +198,6 @@ class PLOTTrainer(Trainer):
         if scaler is not None and scaler.is_enabled():
             scale = scaler.get_scale() * scale
         return scale
-
-    def _anchor(self, classes: torch.Tensor) -> torch.Tensor | None:
-        if self.args.moo_anchor == "uniform":
-            return None
-        anchor = self._anchor_table.to(classes.device)[classes].double()
-        return anchor / anchor.sum()
-
-    def _solver_kwargs(self) -> dict:
-        if self.args.moo_solver == "cagrad":
-            return {"alpha": self.args.cagrad_alpha, "rescale": self.args.cagrad_rescale}
-        return {}
 
     # ------------------------------------------------------------------------------------------- sampler
     def _get_train_sampler(self, train_dataset=None):

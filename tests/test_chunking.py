@@ -3,7 +3,7 @@ autograd saves, the chunk formula, and the PLOT step's wiring (chunk sizes it us
 
 from __future__ import annotations
 
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 
 import pytest
 import timm
@@ -11,13 +11,12 @@ import torch
 import torch.nn.functional as F
 
 import plot_hf  # noqa: F401
-import plot_hf.step as step_module
+import plot_hf.moo.gramian_sources as source_module
 from plot_hf import PLOTConfig
 from plot_hf.moo.chunking import chunk_for_memory, count_saved_bytes
-from plot_hf.step import PLOTStep
-from plot_hf.trainer import class_prior_anchor, resolve_moo_parameters
 
 from .helpers import Wrapper
+from .step_helpers import build_step, run_step
 
 
 def test_saved_bytes_are_the_hand_counted_saves_each_storage_once():
@@ -51,7 +50,7 @@ def _run(chunk_memory_mb, monkeypatch):
     model = Wrapper(timm.create_model("resnet20_cifar", num_classes=6)).train()
     x, y = torch.randn(24, 3, 8, 8), torch.arange(24) % 6
     chunks, counted = [], []
-    real_gradients, real_count = step_module.per_class_gradients, step_module.count_saved_bytes
+    real_gradients, real_count = source_module.per_class_gradients, source_module.count_saved_bytes
 
     def spy_gradients(*args, **kwargs):
         chunks.append(kwargs["chunk_size"])
@@ -63,17 +62,12 @@ def _run(chunk_memory_mb, monkeypatch):
             yield saved
         counted.append(saved.nbytes)
 
-    monkeypatch.setattr(step_module, "per_class_gradients", spy_gradients)
-    monkeypatch.setattr(step_module, "count_saved_bytes", spy_count)
-    moo = resolve_moo_parameters(model, None)
-    step = PLOTStep(moo=moo, solver_name="cagrad", solver_kwargs={}, rho=0.05, keep_fraction=0.0, vc_weight=0.1,
-                    gradient_method="batched", chunk_memory_mb=chunk_memory_mb)
-    table = class_prior_anchor([40, 30, 20, 10, 5, 2])
-    step.run(model=model, unwrapped=model, pixel_values=x, group_labels=y,
-             per_sample_loss=lambda logits: F.cross_entropy(logits, y, reduction="none"),
-             anchor_for=lambda c: table[c].double() / table[c].sum(), backward=lambda loss: loss.backward(),
-             loss_scale=1.0, autocast=nullcontext, forward_context=nullcontext)
-    return {n: p.grad.clone() for n, p in model.named_parameters()}, chunks, counted, moo.numel
+    monkeypatch.setattr(source_module, "per_class_gradients", spy_gradients)
+    monkeypatch.setattr(source_module, "count_saved_bytes", spy_count)
+    step = build_step(model, [40, 30, 20, 10, 5, 2], moo_solver="cagrad", sam_rho=0.05, vc_weight=0.1,
+                      moo_gradient_method="batched", moo_chunk_memory_mb=chunk_memory_mb)
+    run_step(step, model, x, y)
+    return {n: p.grad.clone() for n, p in model.named_parameters()}, chunks, counted, step.moo.numel
 
 
 def test_step_sizes_its_chunks_from_the_bound_and_gets_the_same_gradients(monkeypatch):

@@ -16,12 +16,15 @@ import torch
 from plot_hf import PLOTConfig, PLOTTrainer
 from plot_hf.distributed import (
     CrossRank,
+    LocalBatch,
+    SingleProcess,
     check_backend,
     global_batch,
     global_variability_collapse,
     gramian_mode_cosine,
     has_sync_batch_norm,
     maybe_sync_batch_norm,
+    reducer_for,
 )
 from plot_hf.moo import get_solver, variability_collapse_loss
 
@@ -154,3 +157,29 @@ def test_accelerate_launch_configs():
     # --multi_gpu + use_cpu is what really starts several CPU processes (MULTI_CPU starts one)
     assert configs["cpu"]["use_cpu"] is True and configs["cpu"]["distributed_type"] == "MULTI_GPU"
     assert configs["single_gpu"]["num_processes"] == 1
+
+
+def test_single_process_reducer_equals_the_cross_rank_one_on_one_process():
+    """The no-op reducer of one process (LocalBatch) against CrossRank's global-batch definitions, whose reductions
+    are the identity on one process: the same ids present, objectives, batch mean, variability collapse (value and
+    gradient), and Gramian. One process gets the no-op reducer."""
+    assert isinstance(reducer_for("gradients"), SingleProcess) and isinstance(reducer_for("gramian"), SingleProcess)
+    torch.manual_seed(0)
+    losses = torch.rand(20, dtype=torch.float64, requires_grad=True)
+    labels = torch.tensor([0, 0, 1, 1, 1, 2, 3, 3, 3, 3, 0, 1, 2, 2, 0, 0, 1, 3, 3, 0])
+    local, cross = SingleProcess().scope(labels, 5), CrossRank().scope(labels, 5)
+    assert isinstance(local, LocalBatch) and local.world_size == cross.world_size == 1
+    assert local.classes.tolist() == cross.classes.tolist() == [0, 1, 2, 3]
+    torch.testing.assert_close(local.objectives(losses, labels), cross.objectives(losses, labels))
+    torch.testing.assert_close(local.mean(losses), cross.mean(losses))
+    (value, term), (cross_value, cross_term) = local.variability_collapse(losses, labels), cross.variability_collapse(losses, labels)
+    torch.testing.assert_close(value, cross_value)
+    torch.testing.assert_close(torch.autograd.grad(term, losses)[0], torch.autograd.grad(cross_term, losses)[0])
+    matrix = torch.randn(4, 7)
+    for (a, gram_a, factor_a), (b, gram_b, factor_b) in [
+        (SingleProcess().gradients_and_gramian(matrix), CrossRank(mode).gradients_and_gramian(matrix))
+        for mode in ("gradients", "gramian")
+    ]:
+        assert torch.equal(a, b) and factor_a == factor_b == 1.0
+        torch.testing.assert_close(gram_a, gram_b)
+        torch.testing.assert_close(gram_a, matrix @ matrix.T)

@@ -3,8 +3,6 @@ class groups, each against the exact per-class gradients; and the trainer with e
 
 from __future__ import annotations
 
-from contextlib import nullcontext
-
 import pytest
 import timm
 import torch
@@ -20,9 +18,10 @@ from plot_hf.moo.sketch import frozen_batch_stats, sketch_gramian
 from plot_hf.moo.solvers import SOLVERS
 from plot_hf.moo.split import CrossSampleCouplingError
 from plot_hf.step import PLOTStep
-from plot_hf.trainer import class_prior_anchor, resolve_moo_parameters
+from plot_hf.trainer import class_prior_anchor
 
 from .helpers import Wrapper, collate, forbid_host_reads, tensor_dataset, tiny_model
+from .step_helpers import build_step, run_step
 
 
 def _model(arch: str, classes: int = 6, seed: int = 0) -> Wrapper:
@@ -37,27 +36,25 @@ def _batch(classes: int = 6, n: int = 24, seed: int = 1):
     return torch.randn(n, 3, 8, 8, generator=g), torch.randint(0, classes, (n,), generator=g)
 
 
-def _step(model, method, **kwargs) -> PLOTStep:
-    return PLOTStep(moo=resolve_moo_parameters(model, None), solver_name="cagrad",
-                    solver_kwargs={"alpha": 0.5, "rescale": 1}, rho=0.05, keep_fraction=0.0, vc_weight=0.1,
-                    gradient_method=method, **kwargs)
+def _step(model, method, **config) -> PLOTStep:
+    return build_step(model, [1] * 6, moo_solver="cagrad", cagrad_alpha=0.5, cagrad_rescale=1, moo_anchor="uniform",
+                      sam_rho=0.05, sam_keep_fraction=0.0, vc_weight=0.1, moo_gradient_method=method, **config)
 
 
-def _run(step, model, x, y, anchor_for=lambda c: None):
+def _run(step, model, x, y):
     model.zero_grad()
-    step.run(model=model, unwrapped=model, pixel_values=x, group_labels=y,
-             per_sample_loss=lambda logits: F.cross_entropy(logits, y, reduction="none"), anchor_for=anchor_for,
-             backward=lambda loss: loss.backward(), loss_scale=1.0, autocast=nullcontext,
-             forward_context=nullcontext)
+    run_step(step, model, x, y)
     return {n: p.grad.clone() for n, p in model.named_parameters()}
 
 
-def test_per_sample_split_equals_loop_on_groupnorm():
+@pytest.mark.parametrize("chunk_size", [None, 5])
+def test_per_sample_split_equals_loop_on_groupnorm(chunk_size):
+    """Also with ``moo_chunk_size`` (samples per vectorised per-sample call)."""
     x, y = _batch()
     grads = {}
     for method in ("loop", "per_sample_split"):
         model = _model("resnet32_cifar_gn")
-        grads[method] = _run(_step(model, method), model, x, y)
+        grads[method] = _run(_step(model, method, moo_chunk_size=chunk_size), model, x, y)
     for name, g in grads["loop"].items():
         torch.testing.assert_close(grads["per_sample_split"][name], g, rtol=1e-5, atol=1e-5, msg=name)
 
@@ -112,14 +109,14 @@ def test_amortised_solver_called_every_k_steps_and_direction_is_weighted_sum(mon
 
     monkeypatch.setitem(SOLVERS._solvers, "cagrad", counting)
     model = _model("resnet20_cifar_gn")
-    step = _step(model, "loop", solve_every=2)
+    step = _step(model, "loop", moo_solve_every=2)
     for i in range(3):
         x, y = _batch(seed=10 + i)
         grads = _run(step, model, x, y)
     assert len(calls) == 2  # steps 0 and 2
     # A step without a solve: d = sum_k lambda_k g_k with the stored coefficients.
     x, y = _batch(seed=30)
-    stored = step._cache.lookup(torch.unique(y))
+    stored = step.policy.recall(torch.unique(y))
     grads = _run(step, model, x, y)
     assert len(calls) == 2
     reference = _model("resnet20_cifar_gn")
@@ -128,13 +125,13 @@ def test_amortised_solver_called_every_k_steps_and_direction_is_weighted_sum(mon
     moo = ref_step.moo
     # G at the perturbed point, as the step sees it: rebuild with the same SAM perturbation.
     captured = {}
-    orig = plot_hf.step.per_class_gradients
+    orig = plot_hf.moo.gramian_sources.per_class_gradients
 
     def capture(objectives, params, **kw):
         captured["G"] = orig(objectives, params, **kw)
         return captured["G"]
 
-    monkeypatch.setattr(plot_hf.step, "per_class_gradients", capture)
+    monkeypatch.setattr(plot_hf.moo.gramian_sources, "per_class_gradients", capture)
     _run(ref_step, reference, x, y)
     expected = stored @ captured["G"]
     got = torch.cat([grads[n].reshape(-1) for n in moo.names])

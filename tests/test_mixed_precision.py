@@ -50,7 +50,7 @@ def test_fp16_trains_and_hand_gradients_are_unscaled(tmp_path):
     before = parameters_of(model)
     args = PLOTConfig(output_dir=str(tmp_path), fp16=True, **COMMON)
     trainer = PLOTTrainer(model=model, args=args, train_dataset=tensor_dataset(), data_collator=collate)
-    assert trainer.accelerator.scaler is not None and trainer._grad_scale() > 1.0
+    assert trainer.accelerator.scaler is not None and trainer._loss_scaler_scale() > 1.0
     trainer.train()
     logged = [h for h in trainer.state.log_history if "loss" in h]
     assert logged and all(h["plot/degenerate"] == 0 for h in logged)

@@ -12,11 +12,11 @@ import plot_hf  # noqa: F401  (registers resnet32_cifar)
 from plot_hf.moo import (
     DirectionSlot,
     conflict_fraction,
+    finite_sam_epsilon,
     flatten,
     gramian,
     per_class_gradients,
     per_class_objectives,
-    perturbed,
     replace_gradient,
     sam_epsilon,
     unflatten,
@@ -154,14 +154,21 @@ def test_sam_step_matches_hand_written_two_pass_update(device):
 
     w0, b0 = w.detach().clone(), b.detach().clone()
     epsilon = sam_epsilon([gw, gb], rho)
-    with perturbed([w, b], epsilon):
-        torch.testing.assert_close(w.detach(), w_hand)
-        got = torch.autograd.grad(loss_fn(), [w])[0]
+    w_eps, b_eps = w + epsilon[0], b + epsilon[1]  # the perturbed point as tensors, as the PLOT step evaluates it
+    torch.testing.assert_close(w_eps.detach(), w_hand)
+    got = torch.autograd.grad(((x @ w_eps + b_eps - target) ** 2).mean(), [w])[0]
     torch.testing.assert_close(got, expected)
-    assert torch.equal(w.detach(), w0) and torch.equal(b.detach(), b0)  # exact restore
-    with perturbed([w, b], epsilon, keep_fraction=0.5):
-        pass
-    torch.testing.assert_close(w.detach(), w0 + 0.5 * epsilon[0])
+    assert torch.equal(w.detach(), w0) and torch.equal(b.detach(), b0)  # nothing moved in place
+
+
+@pytest.mark.parametrize("host_reads", [True, False])
+def test_finite_sam_epsilon_is_zero_for_a_non_finite_gradient(host_reads):
+    """An fp16 overflow in the ascent gradient: no perturbation at all, decided with or without a host read."""
+    grads = [torch.tensor([3.0, 4.0]), torch.tensor([0.0])]
+    torch.testing.assert_close(finite_sam_epsilon(grads, 0.5, host_reads=host_reads), sam_epsilon(grads, 0.5))
+    bad = [torch.tensor([3.0, float("inf")]), torch.tensor([float("nan")])]
+    for e, g in zip(finite_sam_epsilon(bad, 0.5, host_reads=host_reads), bad, strict=True):
+        assert torch.equal(e, torch.zeros_like(g))
 
 
 def test_sam_rejects_negative_rho_and_zero_gradient_is_safe():

@@ -4,6 +4,7 @@ full re-forward at the perturbed point, one backward per class, gradients writte
 from __future__ import annotations
 
 import copy
+import warnings
 
 import pytest
 import timm
@@ -11,11 +12,17 @@ import torch
 import torch.nn.functional as F
 
 import plot_hf  # noqa: F401
+from plot_hf.distributed import SingleProcess
 from plot_hf.moo import get_solver
-from plot_hf.step import PLOTStep
-from plot_hf.trainer import class_prior_anchor, resolve_moo_parameters
+from plot_hf.moo.class_groups import frequency_groups, group_anchor_table
+from plot_hf.moo.gramian_sources import OnePassSplit, PerClassVJPs, SketchedGramian
+from plot_hf.moo.policies import Amortised, SolveEveryStep
+from plot_hf.moo.solvers import DegenerateGramianWarning
+from plot_hf.step import Solve
+from plot_hf.trainer import class_prior_anchor
 
 from .helpers import Wrapper, forbid_host_reads
+from .step_helpers import build_step, run_step
 
 RHO, VC = 0.05, 0.1
 
@@ -84,23 +91,13 @@ def test_plot_step_equals_reference_step(device, keep_fraction, host_reads, stag
     y = torch.randint(0, 6, (32,), device=device)
     expected, expected_clean = _reference_step(reference_model, x, y, counts, keep_fraction, stage or "layer3")
 
-    moo = resolve_moo_parameters(model, None if stage is None else [stage])
-    assert moo.stage_name == f"timm_model.{stage or 'layer3'}"
-    step = PLOTStep(moo=moo, solver_name="cagrad", solver_kwargs={"alpha": 0.5, "rescale": 1}, rho=RHO,
-                    keep_fraction=keep_fraction, vc_weight=VC, host_reads=host_reads)
-    table = class_prior_anchor(counts)
-
-    def anchor_for(classes):
-        a = table.to(classes.device)[classes].double()
-        return a / a.sum()
-
+    step = build_step(model, counts, host_reads=host_reads, moo_modules=None if stage is None else [stage],
+                      moo_gradient_method="loop", moo_solver="cagrad", cagrad_alpha=0.5, cagrad_rescale=1,
+                      sam_rho=RHO, sam_keep_fraction=keep_fraction, vc_weight=VC)
+    assert step.moo.stage_name == f"timm_model.{stage or 'layer3'}"
+    assert isinstance(step.gramian_source, PerClassVJPs) and isinstance(step.policy, SolveEveryStep)
     with _Null() if host_reads else forbid_host_reads(allow=("unique",)):
-        clean, diagnostics = step.run(
-            model=model, unwrapped=model, pixel_values=x, group_labels=y,
-            per_sample_loss=lambda logits: F.cross_entropy(logits, y, reduction="none"),
-            anchor_for=anchor_for, backward=lambda loss: loss.backward(), loss_scale=1.0,
-            autocast=_Null, forward_context=_Null,
-        )
+        clean, diagnostics = run_step(step, model, x, y)
     torch.testing.assert_close(clean, expected_clean)
     for name, p in model.named_parameters():
         torch.testing.assert_close(p.grad, expected[name], rtol=2e-4, atol=1e-6, msg=name)
@@ -121,22 +118,18 @@ def test_amortised_steps_without_host_reads_equal_those_with(device):
     models = [Wrapper(timm.create_model("resnet32_cifar", num_classes=6)).to(device).train()]
     models.append(copy.deepcopy(models[0]))
     steps = [
-        PLOTStep(moo=resolve_moo_parameters(m, None), solver_name="mgda", solver_kwargs={}, rho=RHO,
-                 keep_fraction=0.0, vc_weight=VC, solve_every=2, host_reads=host_reads)
+        build_step(m, [1] * 6, host_reads=host_reads, moo_solver="mgda", moo_anchor="uniform",
+                   moo_gradient_method="loop", sam_rho=RHO, vc_weight=VC, moo_solve_every=2)
         for m, host_reads in zip(models, (True, False), strict=True)
     ]
+    assert all(isinstance(step.policy, Amortised) for step in steps)
     for i in range(3):
         x = torch.randn(24, 3, 16, 16, device=device, generator=None)
         y = torch.tensor([i % 3, 1, 2, 3, 4, 5] * 4, device=device)
         for model, step, host_reads in zip(models, steps, (True, False), strict=True):
             model.zero_grad()
             with _Null() if host_reads else forbid_host_reads(allow=("unique",)):
-                step.run(
-                    model=model, unwrapped=model, pixel_values=x, group_labels=y,
-                    per_sample_loss=lambda logits, y=y: F.cross_entropy(logits, y, reduction="none"),
-                    anchor_for=lambda classes: None, backward=lambda loss: loss.backward(), loss_scale=1.0,
-                    autocast=_Null, forward_context=_Null,
-                )
+                run_step(step, model, x, y)
         for (name, p), q in zip(models[0].named_parameters(), models[1].parameters(), strict=True):
             torch.testing.assert_close(q.grad, p.grad, rtol=1e-4, atol=1e-6, msg=f"step {i}: {name}")
 
@@ -150,14 +143,85 @@ def test_epo_step_without_host_reads_equals_with(device):
     x = torch.randn(24, 3, 16, 16, device=device)
     y = torch.tensor([0, 0, 0, 1, 1, 2, 2, 3, 4, 5, 0, 1] * 2, device=device)
     for model, host_reads in zip(models, (True, False), strict=True):
-        step = PLOTStep(moo=resolve_moo_parameters(model, None), solver_name="epo", solver_kwargs={}, rho=RHO,
-                        keep_fraction=0.0, vc_weight=VC, host_reads=host_reads)
+        step = build_step(model, [1] * 6, host_reads=host_reads, moo_solver="epo", moo_anchor="uniform",
+                          moo_gradient_method="loop", sam_rho=RHO, vc_weight=VC)
         with _Null() if host_reads else forbid_host_reads(allow=("unique",)):
-            step.run(
-                model=model, unwrapped=model, pixel_values=x, group_labels=y,
-                per_sample_loss=lambda logits: F.cross_entropy(logits, y, reduction="none"),
-                anchor_for=lambda classes: None, backward=lambda loss: loss.backward(), loss_scale=1.0,
-                autocast=_Null, forward_context=_Null,
-            )
+            run_step(step, model, x, y)
+    for (name, p), q in zip(models[0].named_parameters(), models[1].parameters(), strict=True):
+        torch.testing.assert_close(q.grad, p.grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_solve_phase_counts_degenerate_fallbacks_and_gives_nan_for_non_finite_input():
+    """The solve phase: a zero Gramian is a degenerate fallback (counted, not shown), both with host reads and
+    without (then a device tensor); a non-finite Gramian gives NaN coefficients (so the optimizer step is skipped)."""
+    solve = Solve("cagrad", {"alpha": 0.5, "rescale": 1}, class_prior_anchor([10, 5, 2]))
+    ids, losses = torch.tensor([0, 2]), torch.tensor([0.3, 0.1])
+    torch.testing.assert_close(solve.anchor(ids), (lambda a: a / a.sum())(class_prior_anchor([10, 5, 2])[ids]))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DegenerateGramianWarning)  # none escapes the phase
+        for host_reads in (True, False):
+            solved = solve(torch.zeros(2, 2), losses, ids, host_reads=host_reads)
+            assert float(solved.degenerate) == 1 and solved.coefficients.dtype == torch.float32
+            torch.testing.assert_close(solved.coefficients, torch.ones(2))
+            bad = solve(torch.tensor([[float("inf"), 0.0], [0.0, 1.0]]), losses, ids, host_reads=host_reads)
+            assert bool(torch.isnan(bad.coefficients).all())
+            good = solve(torch.tensor([[2.0, -0.5], [-0.5, 1.0]]), losses, ids, host_reads=host_reads)
+            assert float(good.degenerate) == 0 and bool(torch.isfinite(good.coefficients).all())
+
+
+@pytest.mark.parametrize(
+    ("config", "source", "expected"),
+    [
+        ({"moo_gradient_method": "auto"}, PerClassVJPs, {"name": "loop"}),  # batch norm, on a CPU
+        ({"moo_gradient_method": "batched", "moo_chunk_size": 3}, PerClassVJPs, {"name": "batched", "chunk_size": 3}),
+        ({"moo_gradient_method": "batched", "moo_chunk_memory_mb": 8.0}, PerClassVJPs, {"chunk_memory_mb": 8.0}),
+        ({"moo_gradient_method": "sketch", "moo_sketch_dim": 5}, SketchedGramian, {"name": "sketch", "dim": 5}),
+        ({"moo_gradient_method": "auto", "architecture": "resnet20_cifar_gn"}, OnePassSplit, {"name": "per_sample_split"}),
+    ],
+)
+def test_build_plot_step_chooses_the_gramian_source_from_the_config(config, source, expected):
+    config = dict(config)
+    norm = "group" if config.pop("architecture", "") == "resnet20_cifar_gn" else "batch"
+    model = Wrapper(timm.create_model("resnet20_cifar", num_classes=4, norm=norm))
+    step = build_step(model, [8, 4, 2, 1], **config)
+    assert isinstance(step.gramian_source, source) and step.gradient_method == step.gramian_source.name
+    for key, value in expected.items():
+        assert getattr(step.gramian_source, key) == value, key
+    assert isinstance(step.reducer, SingleProcess) and step.moo.stage_name == "timm_model.layer3"
+    assert repr(step.gramian_source) in repr(step) and "SingleProcess()" in repr(step)
+
+
+def test_build_plot_step_chooses_policy_objectives_and_solve_from_the_config():
+    counts = [40, 20, 10, 5, 2, 1]
+    model = Wrapper(timm.create_model("resnet20_cifar", num_classes=6))
+    plain = build_step(model, counts, moo_solver="cagrad", cagrad_alpha=0.3, cagrad_rescale=2, sam_rho=0.01,
+                       sam_keep_fraction=0.5, vc_weight=0.2)
+    assert isinstance(plain.policy, SolveEveryStep) and plain.objective_ids.are_classes
+    assert plain.objective_ids.num_ids == 6 and (plain.rho, plain.keep_fraction, plain.vc_weight) == (0.01, 0.5, 0.2)
+    assert plain.solve.solver_name == "cagrad" and plain.solve.solver_kwargs == {"alpha": 0.3, "rescale": 2}
+    torch.testing.assert_close(plain.solve.anchor_table, class_prior_anchor(counts))
+    grouped = build_step(model, counts, moo_solver="mgda", moo_class_groups=3, moo_solve_every=4, moo_anchor="uniform")
+    assert isinstance(grouped.policy, Amortised) and grouped.policy.cache.every == 4
+    assert grouped.objective_ids.num_ids == 3 and grouped.policy.cache.table.numel() == 3
+    assert grouped.objective_ids(torch.tensor([0, 1, 2, 3, 4, 5])).tolist() == [0, 0, 1, 1, 2, 2]
+    assert grouped.solve.anchor_table is None and grouped.solve.solver_kwargs == {}
+    with_prior = build_step(model, counts, moo_class_groups=3)
+    torch.testing.assert_close(with_prior.solve.anchor_table, group_anchor_table(class_prior_anchor(counts),
+                                                                                  frequency_groups(counts, 3)))
+
+
+def test_one_group_per_class_gives_the_per_class_step(device):
+    """Class groups with as many groups as classes: each group is one class (ordered by count, so the objectives
+    are a permutation of the classes, and so is the anchor); CAGrad is invariant to that order, so the step's
+    gradients equal those of the per-class step."""
+    torch.manual_seed(0)
+    counts = [5, 50, 8, 30, 12, 20]  # not sorted: the groups permute the classes
+    models = [Wrapper(timm.create_model("resnet32_cifar", num_classes=6)).to(device).train()]
+    models.append(copy.deepcopy(models[0]))
+    x = torch.randn(24, 3, 16, 16, device=device)
+    y = torch.tensor([0, 0, 1, 1, 1, 2, 3, 3, 4, 5, 5, 5] * 2, device=device)
+    for model, groups in zip(models, (None, 6), strict=True):
+        step = build_step(model, counts, moo_gradient_method="loop", moo_class_groups=groups, sam_rho=RHO, vc_weight=VC)
+        run_step(step, model, x, y)
     for (name, p), q in zip(models[0].named_parameters(), models[1].parameters(), strict=True):
         torch.testing.assert_close(q.grad, p.grad, rtol=1e-4, atol=1e-6, msg=name)

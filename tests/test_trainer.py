@@ -162,7 +162,7 @@ def test_trainer_requires_plot_config(tmp_path):
 def test_auto_gradient_method_picks_the_exact_one_pass_method_without_batch_norm(tmp_path):
     plot = PLOTTrainer(model=tiny_model("resnet32_cifar_gn"), args=PLOTConfig(output_dir=str(tmp_path), use_cpu=True),
                        train_dataset=tensor_dataset())
-    assert plot.gradient_method == "per_sample_split"
+    assert plot._plot_step.gradient_method == "per_sample_split"
     plot = PLOTTrainer(model=tiny_model("resnet20_cifar"), args=PLOTConfig(output_dir=str(tmp_path), use_cpu=True),
                        train_dataset=tensor_dataset())
-    assert plot.gradient_method == "loop"  # on a CPU; "batched" on an accelerator
+    assert plot._plot_step.gradient_method == "loop"  # on a CPU; "batched" on an accelerator

@@ -4,7 +4,7 @@ the variability-collapse loss, and the gradient replacement that applies a solve
 from .gradients import conflict_fraction, flatten, gramian, per_class_gradients, unflatten
 from .objectives import per_class_objectives, variability_collapse_loss
 from .replay import StageReplay
-from .sam import all_finite, gradient_is_finite, perturbed, sam_epsilon
+from .sam import all_finite, finite_sam_epsilon, gradient_is_finite, sam_epsilon
 from .solvers import SOLVERS, DegenerateGramianWarning, UnknownSolverError, get_solver, register_solver
 from .surrogate import DirectionSlot, replace_gradient
 
@@ -18,11 +18,11 @@ __all__ = [
     "flatten",
     "get_solver",
     "all_finite",
+    "finite_sam_epsilon",
     "gradient_is_finite",
     "gramian",
     "per_class_gradients",
     "per_class_objectives",
-    "perturbed",
     "register_solver",
     "replace_gradient",
     "sam_epsilon",

@@ -51,3 +51,35 @@ def variability_collapse_loss(per_sample_losses: torch.Tensor, labels: torch.Ten
     std = torch.where(positive, variance.clamp_min(torch.finfo(variance.dtype).tiny).sqrt(), variance.new_zeros(()))
     num_eligible = eligible.sum()
     return std.sum() / num_eligible.clamp_min(1).to(std.dtype)
+
+
+class ObjectiveIds:
+    """Which objective each sample's loss belongs to: its class, or its class's group.
+
+    With ``class_to_group`` (a LongTensor of length C, see :func:`plot_hf.moo.class_groups.frequency_groups`)
+    the objectives are the groups ``L_m = (1 / B) * sum_{i : group(y_i) = m} l_i``; without it, the classes.
+    ``num_ids`` is the number of possible ids (C, or the number of groups).
+    """
+
+    def __init__(self, num_classes: int, class_to_group: torch.Tensor | None = None):
+        if num_classes < 1:
+            raise ValueError(f"`num_classes` must be >= 1, got {num_classes}.")
+        if class_to_group is not None and class_to_group.numel() != num_classes:
+            raise ValueError(
+                f"`class_to_group` has {class_to_group.numel()} entries but there are {num_classes} classes."
+            )
+        self.num_classes = num_classes
+        self.class_to_group = class_to_group
+        self.num_ids = num_classes if class_to_group is None else int(class_to_group.max()) + 1
+
+    def __repr__(self) -> str:
+        return f"ObjectiveIds(num_classes={self.num_classes}, num_ids={self.num_ids})"
+
+    @property
+    def are_classes(self) -> bool:
+        return self.class_to_group is None
+
+    def __call__(self, class_labels: torch.Tensor) -> torch.Tensor:
+        if self.class_to_group is None:
+            return class_labels
+        return self.class_to_group.to(class_labels.device)[class_labels]

@@ -6,12 +6,13 @@ Given the gradient ``g`` of the batch loss w.r.t. parameters ``theta``, SAM eval
 
 and restores ``theta`` afterwards. The released PLOT CIFAR-10 configs keep a fraction ``r`` of the
 perturbation (``theta <- theta + r * eps``, their ``perturb_radius``); plain SAM restores fully (``r = 0``).
+The PLOT step never moves ``theta`` in place: it evaluates the loss at the tensor ``theta + eps``
+(:mod:`plot_hf.step`), so the restore is exact by construction.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 
 import torch
 
@@ -35,25 +36,13 @@ def gradient_is_finite(grads: Sequence[torch.Tensor]) -> bool:
     return bool(all_finite(grads))
 
 
-@contextmanager
-def perturbed(
-    params: Sequence[torch.Tensor], epsilon: Sequence[torch.Tensor], keep_fraction: float = 0.0
-) -> Iterator[None]:
-    """Add ``epsilon`` to ``params`` in place; on exit restore them exactly (``copy_`` of a saved copy).
-
-    With ``keep_fraction = r > 0`` the parameters end at ``saved + r * epsilon`` instead.
-    """
-    if not 0.0 <= keep_fraction <= 1.0:
-        raise ValueError(f"`keep_fraction` must be in [0, 1], got {keep_fraction}.")
-    with torch.no_grad():
-        saved = [p.detach().clone() for p in params]
-        for p, e in zip(params, epsilon, strict=True):
-            p.add_(e)
-    try:
-        yield
-    finally:
-        with torch.no_grad():
-            for p, s, e in zip(params, saved, epsilon, strict=True):
-                p.copy_(s)
-                if keep_fraction:
-                    p.add_(e, alpha=keep_fraction)
+def finite_sam_epsilon(grads: Sequence[torch.Tensor], rho: float, *, host_reads: bool) -> list[torch.Tensor]:
+    """:func:`sam_epsilon`, or zeros when the ascent gradient is not finite (an fp16 overflow): no perturbation
+    rather than poisoned weights. ``host_reads``: one host read decides; otherwise the choice stays on the device
+    (a non-finite gradient is replaced by zeros, whose epsilon is zero)."""
+    if not host_reads:
+        finite = all_finite(grads)
+        return sam_epsilon([torch.where(finite, g, torch.zeros_like(g)) for g in grads], rho)
+    if gradient_is_finite(grads):
+        return sam_epsilon(grads, rho)
+    return [torch.zeros_like(g) for g in grads]
