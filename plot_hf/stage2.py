@@ -106,6 +106,8 @@ class Stage2Config:
         freezes by ``requires_grad`` only and the model stays in train mode (``crt_mixup``).
     feature_perturbation: the class-wise feature-perturbation loss of the PLOT reference (``crt_mixup``).
     perturbation_div: ``div`` of the class weights ``w_k = log(n_max / n_k + 0.01) / div`` (2 in the reference).
+    shift_batch_norm: MiSLAS's shift learning (batch norm in train mode, its scale and shift trained); the
+        MiSLAS configs turn it off for CIFAR-10 (``shift_bn: False``). Only read by ``mislas``.
     weight_decay: stage-2 weight decay (default: stage 1's).
     decay_all_parameters: weight decay on every trained parameter, biases included (``crt_mixup``, as the
         reference's ``torch.optim.SGD``); ``False`` keeps ``Trainer``'s rule (no decay on biases and norms).
@@ -123,6 +125,7 @@ class Stage2Config:
     eval_frozen_modules: bool | None = None
     feature_perturbation: bool | None = None
     perturbation_div: float = 2.0
+    shift_batch_norm: bool = True
     weight_decay: float | None = None
     decay_all_parameters: bool | None = None
 
@@ -225,11 +228,12 @@ def _is_norm(module: nn.Module) -> bool:
     return isinstance(module, nn.modules.batchnorm._BatchNorm)
 
 
-def trainable_names(model: nn.Module, method: str) -> list[str]:
-    """Names of the parameters stage 2 trains: the classifier's, plus batch-norm scale/shift for MiSLAS."""
+def trainable_names(model: nn.Module, method: str, shift_batch_norm: bool = True) -> list[str]:
+    """Names of the parameters stage 2 trains: the classifier's, plus batch-norm scale/shift for MiSLAS (unless
+    ``shift_batch_norm`` is off)."""
     head = classifier_name(model)
     names = [n for n, _ in model.named_parameters() if n.startswith(head + ".")]
-    if method == "mislas":
+    if method == "mislas" and shift_batch_norm:
         norms = {n for n, m in model.named_modules() if _is_norm(m)}
         names += [n for n, _ in model.named_parameters() if n.rpartition(".")[0] in norms]
     return names
@@ -241,14 +245,14 @@ def _keep_eval(module: nn.Module) -> None:
     module.train = types.MethodType(lambda self, mode=True: self, module)  # type: ignore[method-assign]
 
 
-def _frozen_modules(model: nn.Module, method: str) -> Iterator[nn.Module]:
-    """Leaf modules kept in eval mode: all but the classifier (cRT, GCL); all but batch norm and the
-    classifier (MiSLAS)."""
+def _frozen_modules(model: nn.Module, method: str, shift_batch_norm: bool = True) -> Iterator[nn.Module]:
+    """Leaf modules kept in eval mode: all but the classifier (cRT, GCL, MiSLAS without shift learning); all but
+    batch norm and the classifier (MiSLAS)."""
     head = classifier_name(model)
     for name, module in model.named_modules():
         if next(module.children(), None) is not None or name == head or name.startswith(head + "."):
             continue
-        if method == "mislas" and _is_norm(module):
+        if method == "mislas" and shift_batch_norm and _is_norm(module):
             continue
         yield module
 
@@ -256,11 +260,11 @@ def _frozen_modules(model: nn.Module, method: str) -> Iterator[nn.Module]:
 def prepare_model(model: nn.Module, config: Stage2Config) -> list[str]:
     """Freeze ``model`` for stage 2 in place (``requires_grad``; eval mode of frozen modules when
     ``config.eval_frozen_modules``; optional classifier re-initialisation); returns the trainable names."""
-    names = set(trainable_names(model, config.method))
+    names = set(trainable_names(model, config.method, config.shift_batch_norm))
     for name, param in model.named_parameters():
         param.requires_grad_(name in names)
     if config.eval_frozen_modules:
-        for module in _frozen_modules(model, config.method):
+        for module in _frozen_modules(model, config.method, config.shift_batch_norm):
             _keep_eval(module)
     if config.reinit_classifier:
         head = model.get_submodule(classifier_name(model))

@@ -153,6 +153,17 @@ def test_stage2_only_trains_the_classifier(method):
     assert all(m.training for m in model.modules())
 
 
+def test_mislas_without_shift_learning_freezes_batch_norm():
+    model = tiny_model()
+    buffers = {n: b.clone() for n, b in model.named_buffers()}
+    trainable = set(prepare_model(model, Stage2Config(method="mislas", shift_batch_norm=False)))
+    assert trainable == {"timm_model.fc.weight", "timm_model.fc.bias"}
+    _sgd_steps(model)
+    for name, buffer in model.named_buffers():
+        assert torch.equal(buffer, buffers[name]), name
+    release_model(model)
+
+
 def test_crt_reinitialises_the_classifier_and_mislas_does_not():
     for method, fresh in (("crt", True), ("mislas", False)):
         model = tiny_model()
