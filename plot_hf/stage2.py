@@ -4,8 +4,9 @@
   (zzpustc/PLOT ``train_cifar.py``, sampler "Decoup", epochs 200-229 of the released CIFAR configs). Only the
   classifier trains: every other parameter has ``requires_grad`` off, but the model stays in train mode, so
   batch-norm running statistics keep moving. The classifier is not re-initialised. A new SGD over the
-  classifier, with weight decay on all of its parameters (bias included); learning rate constant (0.01 for
-  CIFAR). Class-aware sampling, an epoch holding as many draws as the training set. The loss perturbs the
+  classifier, with weight decay on all of its parameters (bias included); learning rate constant, 0.01 (the
+  reference sets a tenth of the stage-1 base rate, 0.01 in every CIFAR config; here it is the absolute
+  ``learning_rate``). Class-aware sampling, an epoch holding as many draws as the training set. The loss perturbs the
   pooled features ``f`` (the classifier's input) per class: with ``w_k = log(n_max / n_k + 0.01) / div``
   (``div`` 2), for every class ``y`` in the batch ``g_y = d(mean of CE over class y's samples) / df`` and
   ``delta = w_y * g_y / ||g_y||`` on class ``y``'s rows (norm over the whole ``g_y`` tensor, a constant:
