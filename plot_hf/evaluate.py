@@ -55,7 +55,7 @@ def evaluate_model(model_path: str, recipe_path: str | None, split: str = "test"
                                     recipe.training.per_device_eval_batch_size, device)
     metrics = lt_metrics(
         logits, labels, list(data.stats.counts), many_threshold=data.stats.many_shot_threshold,
-        few_threshold=data.stats.few_shot_threshold, rule="strict" if data.stats.shot_rule == "strict" else "oltr",
+        few_threshold=data.stats.few_shot_threshold, rule=data.stats.shot_rule,
     )
     out = Path(output_dir or (model_path if Path(model_path).is_dir() else recipe.training.output_dir))
     out.mkdir(parents=True, exist_ok=True)

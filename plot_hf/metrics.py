@@ -28,8 +28,9 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-ShotRule = Literal["strict", "oltr"]
-SHOT_RULES: tuple[str, ...] = ("strict", "oltr")
+ShotRule = Literal["strict", "inclusive"]
+SHOT_RULES: tuple[str, ...] = ("strict", "inclusive")
+"""The one vocabulary of shot rules, used by the data statistics, the metrics, the model cards and the recipes."""
 GROUPS: tuple[str, ...] = ("many", "medium", "few")
 ArrayLike = np.ndarray | torch.Tensor | Sequence[Any]
 
@@ -40,6 +41,7 @@ __all__ = [
     "make_preprocess_logits_for_metrics",
     "metrics_from_reduced",
     "reduce_logits",
+    "describe_shot_rule",
     "shot_groups",
 ]
 
@@ -49,6 +51,25 @@ def _to_numpy(x: ArrayLike) -> np.ndarray:
         x = x.detach().cpu()
         return (x.float() if x.dtype in (torch.bfloat16, torch.float16) else x).numpy()
     return np.asarray(x)
+
+
+def check_shot_rule(rule: str, many_threshold: int = 100, few_threshold: int = 20) -> None:
+    """``ValueError`` naming the allowed rules for an unknown ``rule``, and for ``few_threshold > many_threshold``."""
+    if rule not in SHOT_RULES:
+        hint = " (OLTR's >= / <= rule is called 'inclusive')" if rule == "oltr" else ""
+        raise ValueError(f"Unknown shot rule {rule!r}{hint}; choose one of {SHOT_RULES}.")
+    if few_threshold > many_threshold:
+        raise ValueError(
+            f"`few_threshold` ({few_threshold}) must not exceed `many_threshold` ({many_threshold})."
+        )
+
+
+def describe_shot_rule(rule: ShotRule, many_threshold: int = 100, few_threshold: int = 20) -> str:
+    """One sentence stating the rule and its thresholds (model cards, reports)."""
+    check_shot_rule(rule, many_threshold, few_threshold)
+    if rule == "inclusive":
+        return f"inclusive rule: many >= {many_threshold}, few <= {few_threshold} training images, medium otherwise"
+    return f"strict rule: many > {many_threshold}, few < {few_threshold} training images, medium otherwise"
 
 
 def shot_groups(
@@ -61,18 +82,14 @@ def shot_groups(
 
     * ``rule="strict"`` (classifier-balancing line, Kang et al. 2020; the default):
       many if ``n_j > many_threshold``, few if ``n_j < few_threshold``, medium otherwise.
-    * ``rule="oltr"`` (OLTR, Liu et al. 2019): many if ``n_j >= many_threshold``, few if
-      ``n_j <= few_threshold``, medium otherwise.
+    * ``rule="inclusive"`` (OLTR, Liu et al. 2019; the PLOT reference's ``shot_acc``): many if
+      ``n_j >= many_threshold``, few if ``n_j <= few_threshold``, medium otherwise.
 
     Returns ``{"many": [...], "medium": [...], "few": [...]}`` with ascending class ids; a group may be empty
-    (CIFAR-10-LT at imbalance 100 has no few-shot class under either rule).
+    (CIFAR-10-LT at imbalance 100 has no few-shot class under either rule). This is the one implementation
+    of the rules: :class:`plot_hf.data.ClassStats` uses it too.
     """
-    if rule not in SHOT_RULES:
-        raise ValueError(f"`rule` must be one of {SHOT_RULES}, got {rule!r}.")
-    if few_threshold > many_threshold:
-        raise ValueError(
-            f"`few_threshold` ({few_threshold}) must not exceed `many_threshold` ({many_threshold})."
-        )
+    check_shot_rule(rule, many_threshold, few_threshold)
     counts = _to_numpy(train_counts).astype(np.int64).reshape(-1)
     if rule == "strict":
         many, few = counts > many_threshold, counts < few_threshold

@@ -19,6 +19,8 @@ from typing import Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+from .metrics import describe_shot_rule
+
 __all__ = ["CITATION", "TAGS", "TEMPLATE_PATH", "build_model_card", "normalize_results"]
 
 TEMPLATE_PATH = Path(__file__).parent / "templates" / "model_card.md"
@@ -181,9 +183,7 @@ def _imbalance_text(imbalance_factor: float | None) -> str:
 
 
 def _shot_rule_text(rule: str, many_threshold: int, few_threshold: int) -> str:
-    if rule == "oltr":
-        return f"OLTR rule: many >= {many_threshold}, few <= {few_threshold} training images, medium otherwise"
-    return f"strict rule: many > {many_threshold}, few < {few_threshold} training images, medium otherwise"
+    return describe_shot_rule(rule, many_threshold, few_threshold)  # type: ignore[arg-type]
 
 
 def eval_results(

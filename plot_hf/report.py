@@ -55,7 +55,7 @@ def write_report(trainer: Any, recipe: Any, data: Any, results: dict[str, Any]) 
         baseline_metrics=baseline,
         plots=plots,
         repo_id=trainer.args.hub_model_id,
-        shot_rule="strict" if data.stats.shot_rule == "strict" else "oltr",
+        shot_rule=data.stats.shot_rule,
         many_threshold=data.stats.many_shot_threshold,
         few_threshold=data.stats.few_shot_threshold,
         remote_code=needs_remote_code(trainer.model.config) if hasattr(trainer.model, "config") else None,

@@ -112,7 +112,7 @@ def run(recipe: Recipe) -> dict[str, Any]:
     metrics_kwargs = {
         "many_threshold": data.stats.many_shot_threshold,
         "few_threshold": data.stats.few_shot_threshold,
-        "rule": "strict" if data.stats.shot_rule == "strict" else "oltr",
+        "rule": data.stats.shot_rule,
     }
     trainer_cls = M2mTrainer if args.m2m is not None else PLOTTrainer
     trainer = trainer_cls(

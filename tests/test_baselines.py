@@ -67,6 +67,33 @@ def test_baseline_recipes_parse(path, tmp_path):
         M2mConfig.from_dict(recipe.training.m2m)
 
 
+# zzpustc/PLOT configs: (classes, IF) -> (pareto_start_epoch, bal_ratio, perturb_radius)
+REFERENCE_PLOT_VALUES = {
+    (10, 200): (80, 0.02, 0.5), (10, 100): (50, 0.01, 1.0), (10, 50): (20, 0.01, 1.0),
+    (100, 200): (30, 0.02, 0.0), (100, 100): (30, 0.02, 0.0), (100, 50): (30, 0.02, 0.0),
+}
+CIFAR_RECIPES = [*sorted(RECIPES_ROOT.glob("*_cifar*_lt_if*.yaml")), *sorted(RECIPES_ROOT.parent.glob("cifar*_lt.yaml"))]
+
+
+@pytest.mark.parametrize("path", CIFAR_RECIPES, ids=[p.stem for p in CIFAR_RECIPES])
+def test_cifar_recipes_carry_the_reference_values(path, tmp_path):
+    recipe = load_recipe(path, ["--output_dir", str(tmp_path)])
+    classes, imbalance = recipe.data.num_classes, int(recipe.data.imbalance_factor)
+    epoch_e, vc_weight, keep = REFERENCE_PLOT_VALUES[(classes, imbalance)]
+    training = recipe.training
+    assert (training.moo_until_epoch, training.vc_weight, training.sam_keep_fraction) == (epoch_e, vc_weight, keep)
+    assert (recipe.data.selection, recipe.data.shot_rule) == ("plot", "inclusive")
+    header = path.read_text().split("\nmodel_name:")[0]
+    assert "PLOT settings of the released configs" not in header and "half" not in path.read_text()
+    if recipe.model.baseline == "crt_mixup":  # the whole reference pipeline: 200 + 30 epochs
+        stage2 = Stage2Config.from_dict(recipe.model.stage2)
+        assert (training.num_train_epochs, stage2.method, stage2.epochs, stage2.learning_rate) == (
+            200, "crt_mixup", 30, 0.01
+        )
+    else:
+        assert f"no PLOT config was released for {recipe.model.baseline}" in " ".join(w for w in header.split() if w != "#")
+
+
 def test_recipes_cover_every_seed_table_baseline_on_cifar_and_digits():
     names = {p.stem for p in RECIPES}
     for baseline in SEED_TABLE_BASELINES:
@@ -151,6 +178,17 @@ def test_stage2_only_trains_the_classifier(method):
     assert all(p.requires_grad for p in model.parameters())
     model.train()
     assert all(m.training for m in model.modules())
+
+
+def test_mislas_without_shift_learning_freezes_batch_norm():
+    model = tiny_model()
+    buffers = {n: b.clone() for n, b in model.named_buffers()}
+    trainable = set(prepare_model(model, Stage2Config(method="mislas", shift_batch_norm=False)))
+    assert trainable == {"timm_model.fc.weight", "timm_model.fc.bias"}
+    _sgd_steps(model)
+    for name, buffer in model.named_buffers():
+        assert torch.equal(buffer, buffers[name]), name
+    release_model(model)
 
 
 def test_crt_reinitialises_the_classifier_and_mislas_does_not():

@@ -66,6 +66,42 @@ def test_reference_equals_ldam_procedure(num_classes, per_class):
     np.testing.assert_array_equal(ours, ldam_reference(labels, counts))
 
 
+def _plot_reference_draw(targets: np.ndarray, img_num_per_cls: list[int]) -> np.ndarray:
+    """zzpustc/PLOT: ``np.random.seed(50)`` in train_cifar.py, then ``gen_imbalanced_data`` (global RNG)."""
+    state = np.random.get_state()
+    np.random.seed(50)
+    try:
+        kept = []
+        for the_class, the_img_num in zip(np.unique(targets), img_num_per_cls, strict=True):
+            idx = np.where(targets == the_class)[0]
+            np.random.shuffle(idx)
+            kept.append(idx[:the_img_num])
+        return np.concatenate(kept)
+    finally:
+        np.random.set_state(state)
+
+
+def test_plot_selection_is_the_reference_draw_under_seed_50():
+    labels = np.array([2, 0, 1, 0, 2, 1, 0, 1, 2, 0, 1, 2])
+    # np.random.seed(50); per class 0, 1, 2: np.random.shuffle(np.where(labels == c)[0]), keep 4 / 2 / 1
+    np.testing.assert_array_equal(select_indices(labels, [4, 2, 1], "plot", seed=0), [6, 3, 9, 1, 7, 2, 11])
+    np.testing.assert_array_equal(select_indices(labels, [4, 2, 1], "plot", seed=9), [6, 3, 9, 1, 7, 2, 11])
+    for num_classes, per_class in ((10, 5000), (100, 500)):
+        cifar = cifar_labels(num_classes, per_class, seed=4)
+        counts = class_counts(num_classes, per_class, 100)
+        np.testing.assert_array_equal(select_indices(cifar, counts, "plot"), _plot_reference_draw(cifar, counts))
+        assert not np.array_equal(select_indices(cifar, counts, "plot"), select_indices(cifar, counts, "reference"))
+
+
+@pytest.mark.parametrize("num_classes", [10, 100])
+def test_counts_equal_the_plot_configs_cifar_imb_ratio(num_classes):
+    """``img_max * cifar_imb_ratio ** (k / (C - 1))`` with the configs' ratios 0.005 / 0.01 / 0.02."""
+    img_max = 50000 / num_classes
+    for imbalance_factor, ratio in ((200, 0.005), (100, 0.01), (50, 0.02)):
+        expected = [int(img_max * ratio ** (k / (num_classes - 1.0))) for k in range(num_classes)]
+        assert class_counts(num_classes, int(img_max), imbalance_factor) == expected
+
+
 def test_reference_leaves_global_numpy_state_alone():
     np.random.seed(123)
     expected = np.random.rand()
@@ -78,7 +114,7 @@ def test_selections_deterministic_and_counted():
     labels = cifar_labels(10, 500, seed=1)
     counts = class_counts(10, 500, 100)
     keys = [f"img_{i}.png" for i in range(len(labels))]
-    for method in ("reference", "first", "seeded"):
+    for method in ("reference", "plot", "first", "seeded"):
         a = select_indices(labels, counts, method, seed=7, keys=keys)
         b = select_indices(labels, counts, method, seed=7, keys=keys)
         np.testing.assert_array_equal(a, b)

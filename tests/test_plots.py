@@ -39,7 +39,7 @@ def _assert_png(path: str | None, expected: Path) -> tuple[int, int]:
 def test_per_class_accuracy_png(tmp_path):
     accs = [0.95, 0.9, 0.88, None, 0.7, 0.6, 0.5, 0.4, 0.3, 0.1]  # class 3 without test samples
     out = tmp_path / "plots" / "per_class_accuracy.png"  # parent folder is created
-    width, height = _assert_png(plot_per_class_accuracy(accs, COUNTS, out, rule="oltr"), out)
+    width, height = _assert_png(plot_per_class_accuracy(accs, COUNTS, out, rule="inclusive"), out)
     assert (width, height) == (7 * 120, 4 * 120)
 
 

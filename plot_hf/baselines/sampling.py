@@ -1,13 +1,9 @@
 """Training samplers of the baselines, with a deferred start (``PLOTConfig.train_sampler``).
 
-* ``random``: uniform shuffling (``torch.utils.data.RandomSampler``'s behaviour).
-* ``class_balanced``: class-aware sampling of cRT (Kang et al., "Decoupling Representation and Classifier for
-  Long-Tailed Recognition", ICLR 2020): every class equally likely, then a sample uniformly within it
-  (:class:`plot_hf.losses.ClassBalancedSampler`).
-* ``square_root``: ``p_j`` proportional to ``sqrt(n_j)`` (:class:`plot_hf.losses.SquareRootSampler`).
+The samplers themselves and their names live in one registry, :data:`plot_hf.losses.samplers.SAMPLERS`
+(``random``, ``class_balanced``, ``square_root``), built by :func:`plot_hf.losses.samplers.build_sampler`.
 
-:class:`DeferredSampler` draws uniformly before ``start_epoch`` and from the chosen class-aware sampler from
-it on: deferred re-sampling (DRS, Cao et al., NeurIPS 2019) and M2m's over-sampling schedule (Kim et al., CVPR
+:class:`DeferredSampler` draws uniformly before ``start_epoch`` and from the chosen sampler from it on: deferred re-sampling (DRS, Cao et al., NeurIPS 2019) and M2m's over-sampling schedule (Kim et al., CVPR
 2020, re-sampling from its generation epoch). The Trainer calls :meth:`DeferredSampler.set_epoch` at the
 start of every epoch. The epoch length is always ``num_samples`` (default: the dataset size), so the number
 of optimisation steps does not depend on the sampler. Departure from cRT: its epoch holds ``n_max * C``
@@ -24,9 +20,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Sampler
 
-from ..losses import ClassBalancedSampler, SquareRootSampler
-
-SAMPLERS = ("random", "class_balanced", "square_root")
+from ..losses.samplers import SAMPLERS, build_sampler
 
 
 class DeferredSampler(Sampler[int]):
@@ -34,7 +28,7 @@ class DeferredSampler(Sampler[int]):
 
     Args:
         labels: the label of every training row.
-        kind: ``"random"``, ``"class_balanced"`` or ``"square_root"``.
+        kind: a name of :data:`~plot_hf.losses.samplers.SAMPLERS` (``"class_balanced"``, ``"square_root"``, ...).
         start_epoch: first epoch (0-based, as the Trainer counts) that uses ``kind``.
         num_samples: draws per epoch (default: ``len(labels)``).
         seed: base seed; epoch ``e`` draws from ``seed + e`` (reproducible, independent of the global RNG).
@@ -48,8 +42,7 @@ class DeferredSampler(Sampler[int]):
         num_samples: int | None = None,
         seed: int = 0,
     ) -> None:
-        if kind not in SAMPLERS:
-            raise ValueError(f"Unknown sampler {kind!r}; choose one of {SAMPLERS}.")
+        SAMPLERS[kind]  # ValueError naming the valid samplers
         self.labels = torch.as_tensor(np.asarray(labels, dtype=np.int64))
         self.kind, self.start_epoch, self.seed = kind, float(start_epoch), int(seed)
         self.num_samples = int(num_samples or len(self.labels))
@@ -65,14 +58,7 @@ class DeferredSampler(Sampler[int]):
 
     def __iter__(self) -> Iterator[int]:
         generator = torch.Generator().manual_seed(self.seed + self.epoch)
-        kind = self.active_kind
-        if kind == "random":
-            n = len(self.labels)
-            order = torch.cat([torch.randperm(n, generator=generator) for _ in range(-(-self.num_samples // n))])
-            yield from order[: self.num_samples].tolist()
-            return
-        cls = ClassBalancedSampler if kind == "class_balanced" else SquareRootSampler
-        yield from cls(self.labels, num_samples=self.num_samples, generator=generator)
+        yield from build_sampler(self.active_kind, self.labels, self.num_samples, generator)
 
     def __len__(self) -> int:
         return self.num_samples

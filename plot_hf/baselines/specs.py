@@ -61,11 +61,13 @@ BASELINES: dict[str, BaselineSpec] = {
         ),
         BaselineSpec(
             "crt_mixup",
-            "Mixup (alpha 1) stage 1; stage 2 re-trains a re-initialised classifier on frozen features with "
-            "class-balanced sampling (the PLOT reference's cRT+Mixup).",
-            "Kang et al., ICLR 2020; Zhang et al., ICLR 2018",
+            "Mixup (alpha 1) stage 1; stage 2 as the PLOT reference runs it: 15% of the stage-1 epochs (30 after "
+            "200) re-training the classifier "
+            "(not re-initialised; backbone frozen by requires_grad, batch norm in train mode) with class-aware "
+            "sampling, SGD lr 0.01 constant, and the class-wise feature-perturbation loss (plot_hf.stage2).",
+            "Kang et al., ICLR 2020; Zhang et al., ICLR 2018; zzpustc/PLOT (train_cifar.py, sampler 'Decoup')",
             lambda e: {"loss_type": "ce", "loss_kwargs": {}, "mixup_alpha": 1.0},
-            lambda e: {"stage2": _stage2("crt", learning_rate=0.1)},
+            lambda e: {"stage2": _stage2("crt_mixup", epochs=max(1, _at(0.15, e)))},
         ),
         BaselineSpec(
             "ldam_drw",

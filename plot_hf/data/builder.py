@@ -82,7 +82,7 @@ class DataConfig:
         train split as it is, e.g. ImageNet-LT).
     imbalance_factor (`float`, defaults to 100): n_max / n_min, >= 1.
     max_per_class (`int`, *optional*): head count n_max; defaults to the smallest class of the source.
-    selection (`str`, defaults to `"reference"`): `reference` (LDAM-DRW), `first`, `seeded`.
+    selection (`str`, defaults to `"reference"`): `reference` (LDAM-DRW), `plot` (PLOT's draw, seed 50), `first`, `seeded`.
     seed (`int`, defaults to 0): seed of the selection and of the held-out validation draw.
     indices_file (`str`, *optional*): a saved `indices.json`; its rows replace the selection.
     flatten_indices (`bool`, defaults to True): copy the chosen rows into a contiguous table once.

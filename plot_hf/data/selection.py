@@ -1,4 +1,4 @@
-"""Which images a long-tailed subset keeps: three selection rules over a label array.
+"""Which images a long-tailed subset keeps: four selection rules over a label array.
 
 Every rule reads only the labels (a 1-D integer array, one entry per row of the source split) and the
 per-class counts from :func:`plot_hf.data.profiles.class_counts`; none decodes an image. Each returns the
@@ -12,6 +12,10 @@ chosen row indices grouped by class in ascending class order, so a subset's labe
   images as the reference code. Departure: a private ``np.random.RandomState(seed)`` (the very generator
   behind ``np.random.seed``/``np.random.shuffle``, hence the same stream) so the caller's global NumPy state
   is left alone. The kept indices stay in the shuffled order, as in the reference.
+* ``"plot"`` (the PLOT reference, zzpustc/PLOT ``datasets/Cifar.py`` under ``train_cifar.py``): the rule of
+  ``"reference"`` with the seed fixed at :data:`PLOT_SEED` (50, the ``seed`` of every released CIFAR config;
+  ``train_cifar.py`` calls ``np.random.seed(50)`` and the training subset is the first draw from that stream).
+  The ``seed`` argument is ignored (it still seeds a held-out validation draw in the data builder).
 * ``"first"``: the first ``n_i`` rows of each class in dataset order.
 * ``"seeded"``: within each class, rows are ranked by ``blake2b(key, salt=seed)`` of a per-row key that
   names the sample, not its position (the image file name, else a digest of its encoded bytes; see
@@ -29,8 +33,10 @@ from typing import Any, Literal
 
 import numpy as np
 
-SelectionName = Literal["reference", "first", "seeded"]
-SELECTIONS: tuple[str, ...] = ("reference", "first", "seeded")
+SelectionName = Literal["reference", "plot", "first", "seeded"]
+SELECTIONS: tuple[str, ...] = ("reference", "plot", "first", "seeded")
+PLOT_SEED = 50
+"""The global NumPy seed of the PLOT reference's CIFAR configs, which draws its CIFAR-LT subset."""
 
 
 def _class_rows(labels: np.ndarray, counts: Sequence[int]) -> list[np.ndarray]:
@@ -96,9 +102,12 @@ def select_indices(
     seed: int = 0,
     keys: Sequence[str | bytes] | None = None,
 ) -> np.ndarray:
-    """Dispatch to one of the rules above; ``keys`` is required by (and only used by) ``"seeded"``."""
+    """Dispatch to one of the rules above; ``keys`` is required by (and only used by) ``"seeded"``; ``seed`` is
+    not used by ``"plot"`` (fixed at :data:`PLOT_SEED`) nor ``"first"``."""
     if method == "reference":
         return reference_selection(labels, counts, seed)
+    if method == "plot":
+        return reference_selection(labels, counts, PLOT_SEED)
     if method == "first":
         return first_n_selection(labels, counts)
     if method == "seeded":

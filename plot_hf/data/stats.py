@@ -4,7 +4,11 @@ Groups are always computed from the TRAINING counts ``n_c`` (never from the test
 
 * ``shot_rule="strict"`` (default; Kang et al.'s classifier-balancing line): many if ``n_c > many``,
   few if ``n_c < few``, medium otherwise; with the defaults many = 100, few = 20.
-* ``shot_rule="inclusive"`` (OLTR, Liu et al.): many if ``n_c >= many``, few if ``n_c <= few``.
+* ``shot_rule="inclusive"`` (OLTR, Liu et al.; the PLOT reference's evaluation): many if ``n_c >= many``, few
+  if ``n_c <= few``.
+
+The rule names and their implementation are :mod:`plot_hf.metrics`' (:func:`~plot_hf.metrics.shot_groups`), so
+the data statistics, the metrics, the model cards and the recipes share one vocabulary.
 
 Empty groups are left out of :attr:`ClassStats.groups` (CIFAR-10-LT at IF 100 has no few-shot class).
 """
@@ -13,13 +17,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
-ShotRule = Literal["strict", "inclusive"]
-SHOT_RULES: tuple[str, ...] = ("strict", "inclusive")
-GROUP_NAMES: tuple[str, ...] = ("many", "medium", "few")
+from ..metrics import GROUPS as GROUP_NAMES
+from ..metrics import SHOT_RULES, ShotRule, check_shot_rule, shot_groups
+
+__all__ = ["GROUP_NAMES", "SHOT_RULES", "ClassStats", "ShotRule"]
 
 
 @dataclass(frozen=True)
@@ -41,23 +46,15 @@ class ClassStats:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "counts", tuple(int(n) for n in self.counts))
-        if self.shot_rule not in SHOT_RULES:
-            raise ValueError(f"Unknown `shot_rule` {self.shot_rule!r}; choose one of {SHOT_RULES}.")
-        if self.few_shot_threshold > self.many_shot_threshold:
-            raise ValueError(
-                f"`few_shot_threshold` ({self.few_shot_threshold}) must not exceed "
-                f"`many_shot_threshold` ({self.many_shot_threshold})."
-            )
+        try:
+            check_shot_rule(self.shot_rule, self.many_shot_threshold, self.few_shot_threshold)
+        except ValueError as error:
+            raise ValueError(f"`shot_rule` / `*_shot_threshold`: {error}") from None
         if any(n < 0 for n in self.counts):
             raise ValueError("Class counts must be non-negative.")
-        object.__setattr__(self, "_group_of", tuple(self._classify(n) for n in self.counts))
-
-    def _classify(self, n: int) -> str:
-        if self.shot_rule == "strict":
-            many, few = n > self.many_shot_threshold, n < self.few_shot_threshold
-        else:
-            many, few = n >= self.many_shot_threshold, n <= self.few_shot_threshold
-        return "many" if many else "few" if few else "medium"
+        groups = shot_groups(self.counts, self.many_shot_threshold, self.few_shot_threshold, self.shot_rule)
+        group_of = {c: name for name, classes in groups.items() for c in classes}
+        object.__setattr__(self, "_group_of", tuple(group_of[c] for c in range(len(self.counts))))
 
     @classmethod
     def from_labels(cls, labels: Sequence[int] | np.ndarray, num_classes: int, **kwargs: Any) -> ClassStats:

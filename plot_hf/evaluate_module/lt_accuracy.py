@@ -19,7 +19,7 @@ _DESCRIPTION = (
     "Long-tailed recognition metrics: top-1 accuracy, many/medium/few-shot accuracy (mean per-class "
     "accuracy within the group of classes by training count), macro and per-class accuracy; with logits "
     "as predictions also top-5 accuracy, NLL and ECE (15 bins). Groups use the strict rule by default "
-    "(many > 100, few < 20 training images); rule='oltr' gives >= 100 / <= 20. Empty groups are left out."
+    "(many > 100, few < 20 training images); rule='inclusive' gives >= 100 / <= 20. Empty groups are left out."
 )
 
 _KWARGS_DESCRIPTION = """
@@ -28,7 +28,7 @@ Args:
     references: true class ids (N,).
     train_counts: training-set count of each of the C classes (required).
     many_threshold (int, defaults to 100), few_threshold (int, defaults to 20),
-    rule ("strict" or "oltr", defaults to "strict"), num_bins (int, defaults to 15),
+    rule ("strict" or "inclusive", defaults to "strict"), num_bins (int, defaults to 15),
     per_class (bool, defaults to True).
 Returns:
     dict with accuracy, many_shot_accuracy, medium_shot_accuracy, few_shot_accuracy (non-empty groups only),
