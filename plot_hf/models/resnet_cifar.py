@@ -19,6 +19,8 @@ saved model.
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 import torch.nn.functional as F
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
@@ -76,9 +78,13 @@ class CifarResNet(nn.Module):
         norm: str = "batch",
         classifier: str = "linear",
         drop_rate: float = 0.0,
-        **_: object,
+        **unknown: object,
     ):
         super().__init__()
+        if unknown:  # a misspelt `model_args` key must not leave the default architecture silently
+            accepted = [name for name in inspect.signature(CifarResNet).parameters if name != "unknown"]
+            raise TypeError(f"Unknown `model_args` key(s) {sorted(unknown)} of the CIFAR ResNet; it accepts: "
+                            f"{', '.join(accepted)}.")
         if norm not in ("batch", "group"):
             raise ValueError(f"`norm` must be 'batch' or 'group', got {norm!r}.")
         if classifier not in ("linear", "normed"):
