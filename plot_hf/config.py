@@ -353,8 +353,11 @@ def check_plain_framework(values: Mapping[str, object], num_train_epochs: float)
     sets ``moo_until_epoch = num_train_epochs``, ``sam_rho = 0`` and ``vc_weight = 0``. Values consistent
     with it are accepted: ``sam_rho`` and ``vc_weight`` 0, ``moo_until_epoch`` 0 (PLOT off) or at least
     ``num_train_epochs``. ``values`` holds what the user set: the keys of a recipe (file or command line), or
-    the fields of a ``PLOTConfig`` that differ from their defaults.
+    the fields of a ``PLOTConfig`` that differ from their defaults. With ``moo_until_epoch`` 0 PLOT is off and
+    plain sets nothing, so nothing conflicts.
     """
+    if values.get("moo_until_epoch") == 0:
+        return
     for key in PLAIN_FRAMEWORK_KEYS:
         if key not in values:
             continue

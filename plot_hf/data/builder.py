@@ -25,7 +25,7 @@ from typing import Any, Literal
 
 import numpy as np
 import yaml
-from datasets import Dataset, DatasetDict, load_from_disk
+from datasets import Dataset, DatasetDict
 
 from .profiles import class_counts
 from .selection import SELECTIONS, SelectionName, load_indices, row_keys, save_indices, select_indices
@@ -387,7 +387,3 @@ def build_datasets(cfg: DataConfig) -> LTData:
         indices = {}
     return LTData(train, validation, test, stats, names, indices, cfg, source_rows=len(labels))
 
-
-def load_lt_data(output_dir: str | os.PathLike) -> DatasetDict:
-    """Open a folder written by ``python -m plot_hf.data`` (a DatasetDict beside its JSON files)."""
-    return load_from_disk(os.fspath(output_dir))

@@ -31,7 +31,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 from datasets import ClassLabel, Dataset, DatasetDict, Image, load_dataset, load_from_disk
@@ -41,7 +41,6 @@ from .digits import DIGIT_NAMES, digits_source
 from .inat import category_mapping, inat_split, read_coco_json
 from .split_files import index_image_root, split_from_dataset, split_from_image_root
 
-SourceKind = Literal["hub", "disk", "imagefolder", "parquet", "split_files", "inat", "digits"]
 DataFiles = str | Sequence[str] | dict[str, str | list[str]] | None
 
 #: Hub id -> (image column, label column).
