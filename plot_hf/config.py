@@ -9,6 +9,8 @@ from typing import Literal
 
 from transformers import TrainingArguments
 
+from .losses import LOSSES, build_loss
+
 SOLVER_NAMES = ("cagrad", "mgda", "epo")
 PLAIN_FRAMEWORK_KEYS = ("moo_until_epoch", "sam_rho", "vc_weight")
 """The keys that ``moo_framework: plain`` sets itself (see :func:`check_plain_framework`)."""
@@ -325,8 +327,6 @@ class PLOTConfig(TrainingArguments):
         ``loss_type`` is a name of ``plot_hf.losses.LOSSES`` and the loss accepts ``loss_kwargs`` (the loss is
         built once on ``class_counts``, or on two dummy classes, so a bad value fails here too); ``m2m`` is a
         mapping (its keys are checked by the recipe parser and by ``M2mTrainer``)."""
-        from .losses import LOSSES, build_loss
-
         if self.loss_type not in LOSSES:
             raise ValueError(
                 f"`loss_type`={self.loss_type!r} is not a registered loss; valid names are: {', '.join(LOSSES)}."

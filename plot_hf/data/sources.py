@@ -97,16 +97,9 @@ def load_parquet(path: str, data_files: DataFiles = None) -> DatasetDict:
     return _as_dict(load_dataset("parquet", data_files=files))
 
 
-TABULAR_LOADERS: dict[str, Callable[[str, DataFiles], DatasetDict]] = {
+TABULAR_LOADERS: dict[str, Callable[[str, DataFiles], DatasetDict]] = {  # each a lone Dataset -> ``train``
     "hub": load_hub, "disk": load_disk, "imagefolder": load_imagefolder, "parquet": load_parquet,
 }
-
-
-def load_source(kind: str, path: str, data_files: DataFiles = None) -> DatasetDict:
-    """Open a ``hub``/``disk``/``imagefolder``/``parquet`` source as a DatasetDict (a lone Dataset -> ``train``)."""
-    if kind not in TABULAR_LOADERS:
-        raise ValueError(f"`source` {kind!r} is not a tabular source; choose one of {sorted(TABULAR_LOADERS)}.")
-    return TABULAR_LOADERS[kind](path, data_files)
 
 
 def _flatten_files(files: DataFiles) -> list[str]:
@@ -134,7 +127,7 @@ def need_splits(cfg: Any, have: list[str]) -> None:
 
 def _open_tabular(kind: str) -> SourceOpener:
     def opener(cfg: Any) -> OpenedSource:
-        dd = load_source(kind, cfg.path or "", cfg.data_files)
+        dd = TABULAR_LOADERS[kind](cfg.path or "", cfg.data_files)
         need_splits(cfg, list(dd))
         img, lab = resolve_columns(dd[cfg.train_split], cfg.image_column, cfg.label_column, cfg.path)
         for name in (cfg.validation_split, cfg.test_split):
@@ -148,6 +141,7 @@ def _open_tabular(kind: str) -> SourceOpener:
 
 for _kind in TABULAR_LOADERS:
     SOURCES.add(_kind, _open_tabular(_kind))
+del _kind
 
 
 @SOURCES.register("digits")
@@ -187,7 +181,7 @@ def open_split_files(cfg: Any) -> OpenedSource:
         index = index_image_root(cfg.image_root)
         dd = DatasetDict({s: split_from_image_root(cfg.split_files[s], cfg.image_root, names, index) for s in wanted})
         return OpenedSource(dd, "image", "labels", names)
-    base = load_source("disk" if os.path.isdir(cfg.path) else "hub", cfg.path)
+    base = (load_disk if os.path.isdir(cfg.path) else load_hub)(cfg.path)
     first = next(iter(base.values()))
     img, lab = resolve_columns(first, cfg.image_column, cfg.label_column, cfg.path)
     src_names = source_label_names(first, lab)
@@ -197,10 +191,6 @@ def open_split_files(cfg: Any) -> OpenedSource:
         raise missing
     dd = DatasetDict({s: split_from_dataset(cfg.split_files[s], base, img, names) for s in wanted})
     return OpenedSource(dd, "image", "labels", names)
-
-
-SOURCE_KINDS: tuple[str, ...] = SOURCES.names()
-"""The names of :data:`SOURCES` at import (``DataConfig`` checks against the registry itself)."""
 
 
 def resolve_columns(
