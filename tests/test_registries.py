@@ -214,3 +214,29 @@ def test_cifar_resnet_rejects_a_misspelt_model_arg_and_honours_a_right_one():
         timm.create_model("resnet32_cifar", num_classes=3, blocks_per_stge=(1, 1, 1))
     model = timm.create_model("resnet32_cifar", num_classes=3, blocks_per_stage=(1, 2, 1))
     assert [len(stage) for stage in (model.layer1, model.layer2, model.layer3)] == [1, 2, 1]
+
+
+# ------------------------------------------------------------------------------- preprocessing, one home
+@pytest.mark.parametrize("kind", ["cifar", "imagenet", "none"])
+def test_eval_transform_and_stored_preprocessing_agree(kind):
+    """The eval transform normalises with the mean/std that a trained model records (card, image processor):
+    checked on a constant image against ``(v - mean) / std`` computed by hand."""
+    from plot_hf.data.transforms import build_transforms
+    from plot_hf.preprocessing import eval_preprocessing
+
+    stored = eval_preprocessing(kind, 8 if kind == "none" else None)
+    size = stored["input_size"][1]
+    _, eval_tf = build_transforms(kind, size if kind != "imagenet" else None)
+    image = PILImage.new("RGB", (size, size), (200, 100, 50))
+    out = eval_tf(image)
+    assert tuple(out.shape) == stored["input_size"]
+    for c, value in enumerate((200, 100, 50)):
+        expected = (value / 255 - stored["mean"][c]) / stored["std"][c]
+        assert out[c, size // 2, size // 2].item() == pytest.approx(expected, rel=1e-4, abs=1e-4)
+
+
+def test_cifar_resnets_default_to_the_cifar_statistics():
+    from plot_hf.preprocessing import eval_preprocessing
+
+    cfg = timm.models.get_pretrained_cfg("resnet32_cifar")
+    assert tuple(cfg.mean) == eval_preprocessing("cifar")["mean"] and tuple(cfg.std) == eval_preprocessing("cifar")["std"]
