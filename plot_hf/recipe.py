@@ -4,7 +4,9 @@ Top-level keys belong to :class:`ModelArguments` or :class:`~plot_hf.PLOTConfig`
 :class:`~plot_hf.data.builder.DataConfig` fields. Command-line flags override the file: ``--learning_rate
 0.05``, ``--data.imbalance_factor 50``, ``--key=value``; values are read as YAML (``true``, ``[160, 180]``).
 An unknown key, in the file or on the command line, is an error that names it (and suggests close names);
-so is a value of the wrong type.
+so is a value of the wrong type, also inside ``m2m`` and the CIFAR ResNets' ``model_args``, and so is a key
+that contradicts ``moo_framework: plain``. All of these fail while the recipe is read, before any data or
+model is built.
 """
 
 from __future__ import annotations
@@ -126,7 +128,7 @@ def _check(section: str, values: dict[str, Any], types_: dict[str, Any]) -> None
             )
 
 
-def _check_nested(top: dict[str, Any]) -> None:
+def _check_recipe_values(top: dict[str, Any]) -> None:
     """Checks of the recipe's values that need to know which keys the user wrote, before anything is built:
     ``moo_framework: plain`` against an explicit ``moo_until_epoch`` / ``sam_rho`` / ``vc_weight``; the keys and
     types of ``m2m`` (:class:`~plot_hf.m2m.M2mConfig`) and of the CIFAR ResNets' ``model_args``."""
@@ -189,7 +191,7 @@ def load_recipe(path: str | Path | None, argv: list[str] | None = None) -> Recip
     top = {k: v for k, v in raw.items() if k != "data"}
     _check("data.", data_values, _field_types(DataConfig))
     _check("", top, {**model_types, **train_types})
-    _check_nested(top)
+    _check_recipe_values(top)
     model_values = {k: v for k, v in top.items() if k in model_types}
     train_values = {k: v for k, v in top.items() if k not in model_types}
     train_values.setdefault("output_dir", "outputs/plot-hf")
