@@ -2,9 +2,9 @@
 transform kind (``data.transform``), and the eval preprocessing they imply.
 
 The train/eval transforms (:mod:`plot_hf.data.transforms`), the CIFAR ResNets' timm ``pretrained_cfg``
-(:mod:`plot_hf.models.resnet_cifar`) and the preprocessing stored with a trained model (``python -m
-plot_hf.train``: model card, ``AutoImageProcessor``, ``pipeline``) all read them from here. This module imports
-nothing heavy, so the model registry can use it.
+(:mod:`plot_hf.models.resnet_cifar`, where the CIFAR values are written) and the preprocessing stored with a
+trained model (``python -m plot_hf.train``: model card, ``AutoImageProcessor``, ``pipeline``) all read them
+from here.
 """
 
 from __future__ import annotations
@@ -13,10 +13,11 @@ from typing import Any
 
 from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
-CIFAR_MEAN: tuple[float, float, float] = (0.4914, 0.4822, 0.4465)
-"""Per-channel mean of CIFAR-10's training images (LDAM-DRW's and the PLOT reference's normalisation)."""
-CIFAR_STD: tuple[float, float, float] = (0.2023, 0.1994, 0.2010)
-"""The per-channel standard deviations that LDAM-DRW and the PLOT reference divide by."""
+from .models.resnet_cifar import CIFAR_MEAN, CIFAR_STD
+
+# CIFAR_MEAN / CIFAR_STD: the per-channel mean of CIFAR-10's training images and the standard deviations that
+# LDAM-DRW and the PLOT reference divide by. Their values are written in the model module, which saved models
+# carry as standalone code (plot_hf.models.remote_code) and which may import nothing else from plot-hf.
 IMAGENET_MEAN: tuple[float, float, float] = tuple(IMAGENET_DEFAULT_MEAN)  # type: ignore[assignment]
 IMAGENET_STD: tuple[float, float, float] = tuple(IMAGENET_DEFAULT_STD)  # type: ignore[assignment]
 IDENTITY_MEAN, IDENTITY_STD = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)

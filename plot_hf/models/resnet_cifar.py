@@ -26,9 +26,9 @@ import torch.nn.functional as F
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from torch import nn
 
-from ..preprocessing import CIFAR_MEAN, CIFAR_STD
-
 CIFAR_ARCHITECTURES = ("resnet20_cifar", "resnet32_cifar", "resnet32_cifar_gn", "resnet56_cifar")
+CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR_STD = (0.2023, 0.1994, 0.2010)
 
 
 def _group_norm(num_channels: int, groups: int = 8) -> nn.GroupNorm:
