@@ -118,15 +118,6 @@ def verify_checkpoint(folder: str | os.PathLike, *, check_hashes: bool = True) -
     return manifest
 
 
-def is_valid_checkpoint(folder: str | os.PathLike) -> bool:
-    """Whether :func:`verify_checkpoint` passes."""
-    try:
-        verify_checkpoint(folder)
-    except CheckpointError:
-        return False
-    return True
-
-
 def list_checkpoints(output_dir: str | os.PathLike) -> list[Path]:
     """The ``checkpoint-N`` folders of ``output_dir``, newest (largest N) first."""
     output_dir = Path(output_dir)

@@ -60,6 +60,8 @@ class Cell:
         flags = ["--baseline", self.baseline, "--seed", str(self.seed)]
         if self.solver is None:
             return flags + ["--moo_until_epoch", "0"]
+        if self.framework == "plain":  # the base recipe's PLOT-framework values would contradict plain MOO
+            flags += ["--moo_until_epoch", ".inf", "--sam_rho", "0", "--vc_weight", "0"]
         return flags + ["--moo_solver", self.solver, "--moo_framework", self.framework]
 
 

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
 from transformers import TrainingArguments
 
+from .losses import LOSSES, build_loss
+
 SOLVER_NAMES = ("cagrad", "mgda", "epo")
+PLAIN_FRAMEWORK_KEYS = ("moo_until_epoch", "sam_rho", "vc_weight")
+"""The keys that ``moo_framework: plain`` sets itself (see :func:`check_plain_framework`)."""
 ANCHORS = ("class_prior", "uniform")
 GRADIENT_METHODS = ("auto", "loop", "batched", "sketch", "per_sample_split")
 
@@ -114,15 +119,17 @@ class PLOTConfig(TrainingArguments):
             With mixup, classes are grouped by the first label of each mixed pair, as in the reference code.
         loss_type (`str`, *optional*, defaults to `"ce"`):
             The baseline's per-sample loss, a name of `plot_hf.losses.LOSSES` (`"ce"`, `"ldam"`,
-            `"balanced_softmax"`, ...).
+            `"balanced_softmax"`, ...); checked when the config is built.
         loss_kwargs (`dict` or `None`, *optional*, defaults to `None`):
-            Keyword arguments of the loss (e.g. `{"drw_epoch": 160}`).
+            Keyword arguments of the loss (e.g. `{"drw_epoch": 160}`); a keyword the loss does not accept is an
+            error when the config is built.
 
         moo_framework (`str`, *optional*, defaults to `"plot"`):
             `"plot"`: the solver inside PLOT's framework (temporal schedule E, SAM, variability collapse).
             `"plain"`: the solver the plain multi-task way, the left number of each pair in the seed table
             (METHOD.md): sets `moo_until_epoch = num_train_epochs`, `sam_rho = 0`, `vc_weight = 0` (unless
-            `moo_until_epoch` is 0, which keeps PLOT off).
+            `moo_until_epoch` is 0, which keeps PLOT off). Setting one of those three to a value that
+            contradicts it (e.g. `sam_rho: 0.05`) is an error naming both keys; see `check_plain_framework`.
         train_sampler (`str`, *optional*, defaults to `"random"`):
             `"random"`, `"class_balanced"` (cRT's class-aware sampling) or `"square_root"`; see
             `plot_hf.baselines.sampling`. The epoch length stays the dataset size.
@@ -228,12 +235,15 @@ class PLOTConfig(TrainingArguments):
     ddp_find_unused_parameters: bool | None = field(default=False, metadata={"help": "DDP unused-parameter search."})
 
     def __post_init__(self) -> None:
+        if self.moo_framework == "plain":
+            check_plain_framework(self._changed_from_defaults(PLAIN_FRAMEWORK_KEYS), float(self.num_train_epochs))
         if self.moo_framework == "plain" and self.moo_until_epoch > 0:
             # The plain multi-task way (the seed table's left number of each pair): every class an objective
             # at every step of training, no SAM, no variability collapse, no early stop.
             self.moo_until_epoch = max(float(self.num_train_epochs), 1e-9)
             self.sam_rho, self.vc_weight = 0.0, 0.0
         self._validate_plot_arguments()
+        self._validate_registered_choices()
         super().__post_init__()
 
     def _validate_plot_arguments(self) -> None:
@@ -306,6 +316,63 @@ class PLOTConfig(TrainingArguments):
         if self.analysis_num_batches < 1:
             fail("analysis_num_batches", self.analysis_num_batches, "it must be >= 1")
 
+    def _changed_from_defaults(self, keys: tuple[str, ...]) -> dict[str, object]:
+        """The values of ``keys`` that differ from their field defaults (what the user set, as far as a dataclass
+        can tell: an explicit value equal to the default is indistinguishable from it; recipes know more)."""
+        fields = self.__dataclass_fields__
+        return {key: getattr(self, key) for key in keys if getattr(self, key) != fields[key].default}
+
+    def _validate_registered_choices(self) -> None:
+        """Checks derived from the registries, so that a bad name fails here, before any data or model exists:
+        ``loss_type`` is a name of ``plot_hf.losses.LOSSES`` and the loss accepts ``loss_kwargs`` (the loss is
+        built once on ``class_counts``, or on two dummy classes, so a bad value fails here too); ``m2m`` is a
+        mapping (its keys are checked by the recipe parser and by ``M2mTrainer``)."""
+        if self.loss_type not in LOSSES:
+            raise ValueError(
+                f"`loss_type`={self.loss_type!r} is not a registered loss; valid names are: {', '.join(LOSSES)}."
+            )
+        if self.loss_kwargs is not None and not isinstance(self.loss_kwargs, dict):
+            raise ValueError(f"`loss_kwargs` must be a mapping of keyword arguments, got {self.loss_kwargs!r}.")
+        try:
+            build_loss(self.loss_type, self.class_counts or [2, 1], **(self.loss_kwargs or {}))
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"`loss_kwargs`={self.loss_kwargs!r} do not fit `loss_type`={self.loss_type!r}: "
+                             f"{error}") from None
+        if self.m2m is not None and not isinstance(self.m2m, dict):
+            raise ValueError(f"`m2m` must be a mapping of plot_hf.m2m.M2mConfig fields or None, got {self.m2m!r}.")
+
     @property
     def plot_enabled(self) -> bool:
         return self.moo_until_epoch > 0
+
+
+def check_plain_framework(values: Mapping[str, object], num_train_epochs: float) -> None:
+    """Raise ``ValueError`` naming both keys when a value in ``values`` contradicts ``moo_framework: plain``.
+
+    Plain MOO runs the solver at every step of training without SAM or the variability-collapse loss, so it
+    sets ``moo_until_epoch = num_train_epochs``, ``sam_rho = 0`` and ``vc_weight = 0``. Values consistent
+    with it are accepted: ``sam_rho`` and ``vc_weight`` 0, ``moo_until_epoch`` 0 (PLOT off) or at least
+    ``num_train_epochs``. ``values`` holds what the user set: the keys of a recipe (file or command line), or
+    the fields of a ``PLOTConfig`` that differ from their defaults. With ``moo_until_epoch`` 0 PLOT is off and
+    plain sets nothing, so nothing conflicts.
+    """
+    if values.get("moo_until_epoch") == 0:
+        return
+    for key in PLAIN_FRAMEWORK_KEYS:
+        if key not in values:
+            continue
+        value = values[key]
+        if key == "moo_until_epoch":
+            if isinstance(value, int | float) and (value == 0 or value >= num_train_epochs):
+                continue
+            why = f"plain MOO runs at every step of training (`num_train_epochs`={num_train_epochs:g})"
+            fix = f"set it to 0 (PLOT off) or to at least {num_train_epochs:g}"
+        elif value == 0:
+            continue
+        else:
+            why = "plain MOO runs " + ("without SAM" if key == "sam_rho" else "without the variability-collapse loss")
+            fix = "set it to 0"
+        raise ValueError(
+            f"`moo_framework`='plain' conflicts with `{key}`={value!r}: {why}. Remove `{key}` or {fix}, or use "
+            f"`moo_framework: plot` to keep it."
+        )

@@ -44,7 +44,6 @@ ROWS: tuple[tuple[str, str, str], ...] = (
     ("ece", "ECE (15 bins)", "%"),
     ("nll", "NLL", ""),
 )
-LOWER_IS_BETTER = frozenset({"ece", "nll"})
 # (key, model-index metric type, metric name) of the EvalResults.
 INDEX_METRICS: tuple[tuple[str, str, str], ...] = (
     ("accuracy", "accuracy", "Top-1 accuracy"),

@@ -4,13 +4,16 @@ Top-level keys belong to :class:`ModelArguments` or :class:`~plot_hf.PLOTConfig`
 :class:`~plot_hf.data.builder.DataConfig` fields. Command-line flags override the file: ``--learning_rate
 0.05``, ``--data.imbalance_factor 50``, ``--key=value``; values are read as YAML (``true``, ``[160, 180]``).
 An unknown key, in the file or on the command line, is an error that names it (and suggests close names);
-so is a value of the wrong type.
+so is a value of the wrong type, also inside ``m2m`` and the CIFAR ResNets' ``model_args``, and so is a key
+that contradicts ``moo_framework: plain``. All of these fail while the recipe is read, before any data or
+model is built.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import inspect
 import re
 import types
 import typing
@@ -22,8 +25,10 @@ import yaml
 from transformers import HfArgumentParser
 
 from .baselines import expand_baseline
-from .config import PLOTConfig
+from .config import PLAIN_FRAMEWORK_KEYS, PLOTConfig, check_plain_framework
 from .data.builder import DataConfig
+from .m2m import M2mConfig
+from .models.resnet_cifar import CIFAR_ARCHITECTURES, CifarResNet
 
 
 class _RecipeLoader(yaml.SafeLoader):
@@ -113,12 +118,33 @@ def _check(section: str, values: dict[str, Any], types_: dict[str, Any]) -> None
         if key not in types_:
             close = difflib.get_close_matches(key, list(types_), n=3)
             hint = f" Did you mean {', '.join(f'`{c}`' for c in close)}?" if close else ""
+            if len(types_) <= 20:  # a small section: list every valid key
+                hint += f" Valid keys: {', '.join(types_)}."
             raise ValueError(f"Unknown recipe key `{section}{key}`.{hint}")
         if not _matches(value, types_[key]):
             raise ValueError(
                 f"Recipe key `{section}{key}` expects {getattr(types_[key], '__name__', types_[key])}, "
                 f"got {value!r} ({type(value).__name__})."
             )
+
+
+def _check_recipe_values(top: dict[str, Any]) -> None:
+    """Checks of the recipe's values that need to know which keys the user wrote, before anything is built:
+    ``moo_framework: plain`` against an explicit ``moo_until_epoch`` / ``sam_rho`` / ``vc_weight``; the keys and
+    types of ``m2m`` (:class:`~plot_hf.m2m.M2mConfig`) and of the CIFAR ResNets' ``model_args``."""
+    if top.get("moo_framework") == "plain":
+        epochs = top.get("num_train_epochs", PLOTConfig.__dataclass_fields__["num_train_epochs"].default)
+        check_plain_framework({k: top[k] for k in PLAIN_FRAMEWORK_KEYS if k in top}, float(epochs))
+    if isinstance(top.get("m2m"), dict):
+        _check("m2m.", top["m2m"], _field_types(M2mConfig))
+    model_name = top.get("model_name", ModelArguments.model_name)
+    if isinstance(top.get("model_args"), dict) and model_name in CIFAR_ARCHITECTURES:
+        hints = typing.get_type_hints(CifarResNet.__init__)
+        _check("model_args.", top["model_args"], {k: hints.get(k, Any) for k in CIFAR_MODEL_ARGS})
+
+
+CIFAR_MODEL_ARGS = tuple(name for name in inspect.signature(CifarResNet).parameters if name != "unknown")
+"""The keyword arguments of the CIFAR ResNets (``model_args`` of ``resnet32_cifar`` and its siblings)."""
 
 
 def parse_overrides(argv: list[str]) -> dict[str, Any]:
@@ -165,6 +191,7 @@ def load_recipe(path: str | Path | None, argv: list[str] | None = None) -> Recip
     top = {k: v for k, v in raw.items() if k != "data"}
     _check("data.", data_values, _field_types(DataConfig))
     _check("", top, {**model_types, **train_types})
+    _check_recipe_values(top)
     model_values = {k: v for k, v in top.items() if k in model_types}
     train_values = {k: v for k, v in top.items() if k not in model_types}
     train_values.setdefault("output_dir", "outputs/plot-hf")

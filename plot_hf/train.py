@@ -26,6 +26,7 @@ from .m2m import M2mTrainer
 from .metrics import LTMetrics, make_preprocess_logits_for_metrics
 from .models import count_parameters, create_image_classifier
 from .models.hf import load_image_classifier, use_normed_classifier
+from .preprocessing import eval_preprocessing
 from .recipe import ModelArguments, Recipe, load_recipe
 from .report import write_report
 from .stage2 import run_stage2
@@ -33,20 +34,11 @@ from .trainer import PLOTTrainer
 
 logger = logging.getLogger("plot_hf.train")
 
-IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)
-
 
 def preprocessing_of(data: DataConfig) -> dict[str, Any]:
     """Input size, mean, std and crop fraction that the data config's eval transform implies (for the card,
     ``AutoImageProcessor`` and ``pipeline``)."""
-    if data.transform == "imagenet":
-        size = data.image_size or 224
-        return {"input_size": (3, size, size), "mean": IMAGENET_MEAN, "std": IMAGENET_STD, "crop_pct": 0.875}
-    size = data.image_size or 32
-    if data.transform == "cifar":
-        return {"input_size": (3, size, size), "mean": CIFAR_MEAN, "std": CIFAR_STD, "crop_pct": 1.0}
-    return {"input_size": (3, size, size), "mean": (0.0, 0.0, 0.0), "std": (1.0, 1.0, 1.0), "crop_pct": 1.0}
+    return eval_preprocessing(data.transform, data.image_size)
 
 
 def build_model(model_args: ModelArguments, data: LTData, data_config: DataConfig) -> torch.nn.Module:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import fnmatch
 import math
-import os
 from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
@@ -12,8 +11,9 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from transformers import Trainer, TrainerCallback
+from transformers import Trainer
 
+from .callbacks import KeptPerturbationRestore, VerifiedCheckpointsMixin
 from .config import PLOTConfig
 from .distributed import check_backend, check_launch, maybe_sync_batch_norm
 from .guard import NonFiniteGuard
@@ -23,7 +23,7 @@ from .schedule import warmup_multistep_schedule
 from .step import MOOParameters, PLOTStep, TrainingLoopHooks, build_plot_step, logits_of
 
 
-class PLOTTrainer(Trainer):
+class PLOTTrainer(VerifiedCheckpointsMixin, Trainer):
     """Trainer for PLOT (Zhou, Liu, Zhao, Gong: "Pareto Deep Long-Tailed Recognition: A Conflict-Averse
     Solution", ICLR 2024).
 
@@ -83,9 +83,9 @@ class PLOTTrainer(Trainer):
             self._guard_kept_perturbation()
 
     def _guard_kept_perturbation(self) -> None:
-        """Undo a kept SAM perturbation when the fp16 scaler skips the optimizer step (:class:`_SkippedStepGuard`)."""
+        """Undo a kept SAM perturbation when the fp16 scaler skips the optimizer step (:class:`~plot_hf.callbacks.KeptPerturbationRestore`)."""
         self._kept_snapshot: list[torch.Tensor] | None = None
-        self.add_callback(_SkippedStepGuard(self))
+        self.add_callback(KeptPerturbationRestore(self))
 
     # ----------------------------------------------------------------------------------------------- step
     def plot_active(self) -> bool:
@@ -183,7 +183,7 @@ class PLOTTrainer(Trainer):
 
     def _snapshot_before_kept_perturbation(self) -> None:
         """With an fp16 scaler and a kept SAM perturbation, copy the MOO parameters (once per optimizer step), so
-        that a skipped optimizer step can leave them as they were (:class:`_SkippedStepGuard`)."""
+        that a skipped optimizer step can leave them as they were (:class:`~plot_hf.callbacks.KeptPerturbationRestore`)."""
         step, scaler = self._plot_step, getattr(self.accelerator, "scaler", None)
         if scaler is None or not scaler.is_enabled() or step is None or self._kept_snapshot is not None:
             return
@@ -235,7 +235,7 @@ class PLOTTrainer(Trainer):
             return
         super().create_model_card(*args, **kwargs)
 
-    # ------------------------------------------------------------------------- faults: optimizer, checkpoints
+    # ------------------------------------------------------------------------------------ faults: optimizer
     def create_optimizer(self, *args: Any, **kwargs: Any):
         """``Trainer``'s optimizer, its ``step`` wrapped by the non-finite guard (skips NaN/inf steps)."""
         optimizer = super().create_optimizer(*args, **kwargs)
@@ -248,43 +248,6 @@ class PLOTTrainer(Trainer):
         super()._save(output_dir, state_dict)
         after_trainer_save(self, output_dir or self.args.output_dir)
 
-    def _save_checkpoint(self, model: nn.Module, trial: Any) -> None:
-        """``Trainer``'s checkpoint, made verifiable: the manifest (sha256 of every file) is written last and
-        atomically (:mod:`plot_hf.checkpoint`); older checkpoints are rotated out only after it is written."""
-        from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
-
-        from .checkpoint import invalidate, remove_invalid_checkpoints, write_manifest
-
-        run_dir = self._get_output_dir(trial=trial)
-        folder = os.path.join(run_dir, f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
-        if self.args.should_save:
-            invalidate(folder)  # a stale folder of the same step is about to be overwritten
-        limit, self.args.save_total_limit = self.args.save_total_limit, None
-        try:
-            super()._save_checkpoint(model, trial)
-        finally:
-            self.args.save_total_limit = limit
-        if self.args.should_save:
-            write_manifest(folder, step=self.state.global_step)
-            remove_invalid_checkpoints(run_dir, keep=None)
-            rotate_checkpoints(run_dir, save_total_limit=limit,
-                               best_model_checkpoint=self.state.best_model_checkpoint, use_mtime=True)
-
-    def train(self, resume_from_checkpoint: str | bool | None = None, *args: Any, **kwargs: Any):
-        """``Trainer.train``; ``resume_from_checkpoint=True`` takes the newest checkpoint of ``output_dir`` that
-        verifies (an incomplete or corrupted newer one is skipped with a warning), and a given path is
-        verified first (:class:`plot_hf.checkpoint.CheckpointError` if it is incomplete or corrupted)."""
-        from .checkpoint import latest_valid_checkpoint, verify_checkpoint
-
-        if resume_from_checkpoint is True:
-            found = latest_valid_checkpoint(self.args.output_dir)
-            if found is None:
-                raise ValueError(f"No valid checkpoint in output_dir {self.args.output_dir!r} to resume from.")
-            resume_from_checkpoint = str(found)
-        elif isinstance(resume_from_checkpoint, str | os.PathLike):
-            verify_checkpoint(resume_from_checkpoint)
-        return super().train(resume_from_checkpoint, *args, **kwargs)
-
     def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
         if "loss" in logs and self.args.plot_enabled:
             logs["plot/skipped_steps"] = float(self.nonfinite_guard.skipped)
@@ -294,22 +257,6 @@ class PLOTTrainer(Trainer):
                 logs[key] = float(np.mean(numbers)) if key != "plot/degenerate" else float(np.sum(numbers))
             self._plot_logs.clear()
         super().log(logs, *args, **kwargs)
-
-
-class _SkippedStepGuard(TrainerCallback):
-    """After each optimizer step: if the fp16 scaler skipped it (inf/NaN gradients), put back the MOO parameters
-    that a kept SAM perturbation (``sam_keep_fraction > 0``) moved, so a skipped step changes no weight."""
-
-    def __init__(self, trainer: PLOTTrainer):
-        self.trainer = trainer
-
-    def on_optimizer_step(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        trainer = self.trainer
-        snapshot, trainer._kept_snapshot = trainer._kept_snapshot, None
-        if snapshot is not None and trainer.accelerator.optimizer_step_was_skipped:
-            with torch.no_grad():
-                for p, saved in zip(trainer._plot_step.moo.params, snapshot, strict=True):  # type: ignore[union-attr]
-                    p.copy_(saved)
 
 
 # ---------------------------------------------------------------------------------------------- helpers

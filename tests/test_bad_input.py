@@ -126,3 +126,32 @@ def test_push_to_hub_without_network(out: Path, monkeypatch) -> None:
     _fails(DIGITS, ["--push_to_hub", "true"], HubUnavailableError, r"HF_HUB_OFFLINE is set.*Nothing was trained",
            out)
     assert os.environ["HF_HUB_OFFLINE"] == "1"
+
+
+@pytest.mark.parametrize(
+    ("argv", "match"),
+    [
+        (["--loss_type", "focul"], r"`loss_type`='focul' is not a registered loss; valid names are: .*focal"),
+        (["--loss_type", "focal", "--loss_kwargs", "{gama: 1.0}"], r"`loss_kwargs`=.*'gama'.*it accepts: gamma"),
+        (["--baseline", "m2m", "--m2m", "{strat_epoch: 1}"], r"`m2m\.strat_epoch`.*Did you mean `start_epoch`"),
+        (["--m2m", "{attack_iters: many}"], r"`m2m\.attack_iters` expects int"),
+        (["--moo_framework", "plain"], r"`moo_framework`='plain' conflicts with `sam_rho`=0\.0001"),
+        (["--moo_framework", "plain", "--sam_rho", "0", "--vc_weight", "0", "--moo_until_epoch", "0.5"],
+         r"`moo_framework`='plain' conflicts with `moo_until_epoch`=0\.5"),
+        (["--model_args", "{blocks_per_stge: [1, 1, 1]}"],
+         r"`model_args\.blocks_per_stge`.*Valid keys: blocks_per_stage, widths"),
+        (["--baseline", "ldam"], r"Recipe key `baseline`: 'ldam' is unknown; valid names are: .*ldam_drw"),
+        (["--data.source", "hugging"], r"`source` is 'hugging'; choose one of .*'hub'"),
+    ],
+    ids=["loss_type", "loss_kwargs", "m2m_key", "m2m_type", "plain_sam_rho", "plain_until", "model_args",
+         "baseline", "source"],
+)
+def test_bad_config_fails_before_any_data_or_model(argv: list[str], match: str, out: Path, monkeypatch) -> None:
+    """Registry-derived checks run while the recipe is parsed: the data and the model are never touched."""
+
+    def never(*args, **kwargs):
+        raise AssertionError("data or model built before the config was checked")
+
+    monkeypatch.setattr("plot_hf.train.build_datasets", never)
+    monkeypatch.setattr("plot_hf.train.build_model", never)
+    _fails(DIGITS, argv, ValueError, match, out)

@@ -17,6 +17,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..registry import Registry
+
 DEFAULT_EPOCHS = 3.0  # TrainingArguments' default num_train_epochs
 
 
@@ -47,9 +49,10 @@ def _stage2(method: str, **kwargs: Any) -> dict[str, Any]:
     return {"method": method, **kwargs}
 
 
-BASELINES: dict[str, BaselineSpec] = {
-    spec.name: spec
-    for spec in [
+BASELINES: Registry[BaselineSpec] = Registry("baseline")
+"""Every baseline by name; an unknown name is a ``ValueError`` listing the valid ones."""
+
+for _spec in [
         BaselineSpec("ce", "Softmax cross-entropy (ERM).", "-", lambda e: {"loss_type": "ce", "loss_kwargs": {}}),
         BaselineSpec(
             "focal", "Focal loss, gamma 1 (as in the LDAM-DRW CIFAR runs).",
@@ -114,8 +117,9 @@ BASELINES: dict[str, BaselineSpec] = {
             lambda e: {"loss_type": "gcl", "loss_kwargs": {"noise_mul": 0.5, "s": 30.0, "m": 0.0}},
             lambda e: {"classifier": "normed", "stage2": _stage2("gcl")},
         ),
-    ]
-}
+]:
+    BASELINES.add(_spec.name, _spec)
+del _spec
 
 SEED_TABLE_BASELINES = ("crt_mixup", "ldam_drw", "balanced_softmax", "m2m", "mislas", "gcl")
 """The six baselines of the seed poster's main table, in its order."""
@@ -124,10 +128,8 @@ _MERGED = ("loss_kwargs", "stage2", "m2m")
 
 
 def get_baseline(name: str) -> BaselineSpec:
-    try:
-        return BASELINES[name]
-    except KeyError:
-        raise ValueError(f"Unknown baseline {name!r}; choose one of: {', '.join(BASELINES)}.") from None
+    """The baseline registered as ``name``; ``ValueError`` listing the valid names otherwise."""
+    return BASELINES[name]
 
 
 def expand_baseline(raw: dict[str, Any]) -> dict[str, Any]:
@@ -140,8 +142,10 @@ def expand_baseline(raw: dict[str, Any]) -> dict[str, Any]:
     name = raw.get("baseline")
     if name is None:
         return raw
+    if name not in BASELINES:
+        raise ValueError(f"Recipe key `baseline`: {name!r} is unknown; valid names are: {', '.join(BASELINES)}.")
     epochs = float(raw.get("num_train_epochs", DEFAULT_EPOCHS))
-    defaults = get_baseline(name).defaults(epochs)
+    defaults = BASELINES[name].defaults(epochs)
     out = copy.deepcopy(raw)
     if "loss_type" in raw and raw["loss_type"] != defaults.get("loss_type"):
         defaults.pop("loss_kwargs", None)

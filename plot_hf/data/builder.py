@@ -25,23 +25,16 @@ from typing import Any, Literal
 
 import numpy as np
 import yaml
-from datasets import Dataset, DatasetDict, load_from_disk
+from datasets import Dataset, DatasetDict
 
-from .digits import DIGIT_NAMES, digits_source
-from .inat import category_mapping, inat_split, read_coco_json
 from .profiles import class_counts
 from .selection import SELECTIONS, SelectionName, load_indices, row_keys, save_indices, select_indices
 from .sources import (
-    SOURCE_KINDS,
-    SourceKind,
+    SOURCES,
     check_labels,
     label_array,
-    load_source,
-    resolve_columns,
-    source_label_names,
     to_lt_schema,
 )
-from .split_files import index_image_root, split_from_dataset, split_from_image_root
 from .stats import SHOT_RULES, ClassStats, ShotRule
 from .transforms import TRANSFORM_KINDS, TransformKind, build_transforms, with_transforms
 
@@ -95,7 +88,7 @@ class DataConfig:
     image_size (`int`, *optional*): 32 for `cifar`, 224 for `imagenet`.
     """
 
-    source: SourceKind = "hub"
+    source: str = "hub"
     path: str | None = None
     data_files: dict[str, Any] | None = None
     split_files: dict[str, str] | None = None
@@ -123,7 +116,7 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         for key, allowed in (
-            ("source", SOURCE_KINDS),
+            ("source", SOURCES.names()),
             ("imbalance_profile", IMBALANCE_PROFILES),
             ("selection", SELECTIONS),
             ("shot_rule", SHOT_RULES),
@@ -256,60 +249,10 @@ class LTData:
 
 
 def _open(cfg: DataConfig) -> tuple[DatasetDict, str, str, list[str] | None]:
-    """Open the source; returns (splits, image column, label column, class names if known)."""
-    if cfg.source == "digits":
-        dd = digits_source(seed=cfg.seed)
-        _need_splits(cfg, list(dd))
-        return dd, "image", "labels", list(DIGIT_NAMES)
-    if cfg.source in ("hub", "disk", "imagefolder", "parquet"):
-        dd = load_source(cfg.source, cfg.path or "", cfg.data_files)
-        _need_splits(cfg, list(dd))
-        img, lab = resolve_columns(dd[cfg.train_split], cfg.image_column, cfg.label_column, cfg.path)
-        for name in (cfg.validation_split, cfg.test_split):
-            if name:
-                resolve_columns(dd[name], img, lab)
-        return dd, img, lab, source_label_names(dd[cfg.train_split], lab)
-    _need_splits(cfg, list(cfg.split_files or {}))
-    wanted = [s for s in (cfg.train_split, cfg.validation_split, cfg.test_split) if s]
-    if cfg.source == "inat":
-        mapping, names = category_mapping(read_coco_json(cfg.split_files[cfg.train_split]))
-        names = cfg.label_names or names
-        if len(names) != len(mapping):
-            raise ValueError(
-                f"`label_names` has {len(names)} names but the JSON has {len(mapping)} categories."
-            )
-        dd = DatasetDict({s: inat_split(cfg.split_files[s], cfg.image_root, mapping, names) for s in wanted})
-        return dd, "image", "labels", names
-    names = cfg.label_names or ([str(i) for i in range(cfg.num_classes)] if cfg.num_classes else None)
-    if cfg.image_root:
-        if names is None:
-            raise ValueError("`source: split_files` needs `num_classes` or `label_names`.")
-        index = index_image_root(cfg.image_root)
-        dd = DatasetDict(
-            {s: split_from_image_root(cfg.split_files[s], cfg.image_root, names, index) for s in wanted}
-        )
-        return dd, "image", "labels", names
-    base = load_source("disk" if os.path.isdir(cfg.path) else "hub", cfg.path)
-    first = next(iter(base.values()))
-    img, lab = resolve_columns(first, cfg.image_column, cfg.label_column, cfg.path)
-    src_names = source_label_names(first, lab)
-    if (
-        cfg.label_names is None
-        and src_names
-        and (cfg.num_classes is None or cfg.num_classes == len(src_names))
-    ):
-        names = src_names
-    if names is None:
-        raise ValueError("`source: split_files` needs `num_classes` or `label_names`.")
-    dd = DatasetDict({s: split_from_dataset(cfg.split_files[s], base, img, names) for s in wanted})
-    return dd, "image", "labels", names
-
-
-def _need_splits(cfg: DataConfig, have: list[str]) -> None:
-    for key in ("train_split", "validation_split", "test_split"):
-        name = getattr(cfg, key)
-        if name is not None and name not in have:
-            raise ValueError(f"`{key}` {name!r} is not a split of the source; it has {have}.")
+    """Open the source (:data:`~plot_hf.data.sources.SOURCES`); returns (splits, image column, label column,
+    class names if known)."""
+    opened = SOURCES[cfg.source](cfg)
+    return opened.splits, opened.image_column, opened.label_column, opened.label_names
 
 
 def _holdout(
@@ -444,7 +387,3 @@ def build_datasets(cfg: DataConfig) -> LTData:
         indices = {}
     return LTData(train, validation, test, stats, names, indices, cfg, source_rows=len(labels))
 
-
-def load_lt_data(output_dir: str | os.PathLike) -> DatasetDict:
-    """Open a folder written by ``python -m plot_hf.data`` (a DatasetDict beside its JSON files)."""
-    return load_from_disk(os.fspath(output_dir))

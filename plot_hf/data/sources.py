@@ -1,7 +1,22 @@
-"""Where images come from: Hub ids, ``save_to_disk`` folders, ``imagefolder`` trees and parquet files.
+"""Where images come from: the registry of data sources (``data.source`` of a recipe) and the source schema.
 
-Every source is loaded lazily as a :class:`datasets.DatasetDict` (memory-mapped Arrow, nothing decoded),
-then each split is reduced to the project's schema by :func:`to_lt_schema`::
+Every source is registered in :data:`SOURCES` as an *opener*: a function of the recipe's ``data:`` section
+(a :class:`~plot_hf.data.builder.DataConfig`) that returns an :class:`OpenedSource`, the splits as a lazy
+:class:`datasets.DatasetDict` (memory-mapped Arrow, nothing decoded) with the names of their image and label
+columns and the class names when the source knows them. ``DataConfig`` accepts exactly the registered names,
+so a source added with ``SOURCES.add(name, opener)`` is usable from a recipe. Registered here:
+
+==============  ==========================================================================================
+``hub``          a Hub id (``datasets.load_dataset(path)``)
+``disk``         a ``save_to_disk`` folder
+``imagefolder``  a ``class/image`` folder tree
+``parquet``      parquet files (``data_files``, or ``path``)
+``split_files``  OLTR ``path label`` files over a local image root or a dataset (:mod:`.split_files`)
+``inat``         iNaturalist COCO-style JSON (:mod:`.inat`)
+``digits``       scikit-learn's digits, embedded (:mod:`.digits`; no ``path``)
+==============  ==========================================================================================
+
+The builder then reduces each split to the project's schema with :func:`to_lt_schema`::
 
     image   datasets.Image()                      (renamed from the source's image column)
     labels  datasets.ClassLabel(names=label_names) (renamed from the source's label column)
@@ -14,14 +29,19 @@ column and the label column is ``label``/``labels`` or the only ``ClassLabel``.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
-from typing import Literal
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from datasets import ClassLabel, Dataset, DatasetDict, Image, load_dataset, load_from_disk
 
-SourceKind = Literal["hub", "disk", "imagefolder", "parquet", "split_files", "inat", "digits"]
-SOURCE_KINDS: tuple[str, ...] = ("hub", "disk", "imagefolder", "parquet", "split_files", "inat", "digits")
+from ..registry import Registry
+from .digits import DIGIT_NAMES, digits_source
+from .inat import category_mapping, inat_split, read_coco_json
+from .split_files import index_image_root, split_from_dataset, split_from_image_root
+
+DataFiles = str | Sequence[str] | dict[str, str | list[str]] | None
 
 #: Hub id -> (image column, label column).
 HUB_COLUMNS: dict[str, tuple[str, str]] = {
@@ -31,30 +51,58 @@ HUB_COLUMNS: dict[str, tuple[str, str]] = {
 }
 
 
-def load_source(
-    kind: SourceKind, path: str, data_files: str | Sequence[str] | dict[str, str | list[str]] | None = None
-) -> DatasetDict:
-    """Open a ``hub``/``disk``/``imagefolder``/``parquet`` source as a DatasetDict (a lone Dataset -> ``train``)."""
-    if kind == "hub":
-        return _as_dict(load_dataset(path))
-    if kind == "disk":
-        if not os.path.isdir(path):
-            raise FileNotFoundError(f"`path` {path!r} is not a save_to_disk folder.")
-        return _as_dict(load_from_disk(path))
-    if kind == "imagefolder":
-        if not os.path.isdir(path):
-            raise FileNotFoundError(f"`path` {path!r} is not a folder (imagefolder source).")
-        return _as_dict(load_dataset("imagefolder", data_dir=path))
-    if kind == "parquet":
-        files = data_files if data_files is not None else path
-        for f in _flatten_files(files):
-            if not any(c in f for c in "*?[") and not os.path.exists(f):
-                raise FileNotFoundError(f"Parquet file {f!r} does not exist.")
-        return _as_dict(load_dataset("parquet", data_files=files))
-    raise ValueError(f"`source` {kind!r} is not opened by load_source; choose one of {SOURCE_KINDS[:4]}.")
+@dataclass(frozen=True)
+class OpenedSource:
+    """What an opener returns: the splits, their image and label columns, the class names if known."""
+
+    splits: DatasetDict
+    image_column: str
+    label_column: str
+    label_names: list[str] | None
 
 
-def _flatten_files(files: str | Sequence[str] | dict[str, str | list[str]] | None) -> list[str]:
+SourceOpener = Callable[[Any], OpenedSource]
+"""``opener(data_config) -> OpenedSource``; the config is a :class:`~plot_hf.data.builder.DataConfig`."""
+
+SOURCES: Registry[SourceOpener] = Registry("data source")
+"""Every data source by name (``data.source``); see the module docstring."""
+
+
+# ------------------------------------------------------------------------------- the four tabular loaders
+def load_hub(path: str, data_files: DataFiles = None) -> DatasetDict:
+    """A Hub id, or a local dataset script / data folder that ``load_dataset`` understands."""
+    return _as_dict(load_dataset(path))
+
+
+def load_disk(path: str, data_files: DataFiles = None) -> DatasetDict:
+    """A ``save_to_disk`` folder."""
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"`path` {path!r} is not a save_to_disk folder.")
+    return _as_dict(load_from_disk(path))
+
+
+def load_imagefolder(path: str, data_files: DataFiles = None) -> DatasetDict:
+    """A ``class/image`` folder tree (``load_dataset("imagefolder")``)."""
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"`path` {path!r} is not a folder (imagefolder source).")
+    return _as_dict(load_dataset("imagefolder", data_dir=path))
+
+
+def load_parquet(path: str, data_files: DataFiles = None) -> DatasetDict:
+    """Parquet files: ``data_files`` (a file, a list, or split -> files; globs allowed), else ``path``."""
+    files = data_files if data_files is not None else path
+    for f in _flatten_files(files):
+        if not any(c in f for c in "*?[") and not os.path.exists(f):
+            raise FileNotFoundError(f"Parquet file {f!r} does not exist.")
+    return _as_dict(load_dataset("parquet", data_files=files))
+
+
+TABULAR_LOADERS: dict[str, Callable[[str, DataFiles], DatasetDict]] = {  # each a lone Dataset -> ``train``
+    "hub": load_hub, "disk": load_disk, "imagefolder": load_imagefolder, "parquet": load_parquet,
+}
+
+
+def _flatten_files(files: DataFiles) -> list[str]:
     if files is None:
         return []
     if isinstance(files, str):
@@ -66,6 +114,83 @@ def _flatten_files(files: str | Sequence[str] | dict[str, str | list[str]] | Non
 
 def _as_dict(ds: Dataset | DatasetDict) -> DatasetDict:
     return ds if isinstance(ds, DatasetDict) else DatasetDict(train=ds)
+
+
+# ------------------------------------------------------------------------------------------- the openers
+def need_splits(cfg: Any, have: list[str]) -> None:
+    """Raise ``ValueError`` naming the key if a split the config asks for is not among ``have``."""
+    for key in ("train_split", "validation_split", "test_split"):
+        name = getattr(cfg, key)
+        if name is not None and name not in have:
+            raise ValueError(f"`{key}` {name!r} is not a split of the source; it has {have}.")
+
+
+def _open_tabular(kind: str) -> SourceOpener:
+    def opener(cfg: Any) -> OpenedSource:
+        dd = TABULAR_LOADERS[kind](cfg.path or "", cfg.data_files)
+        need_splits(cfg, list(dd))
+        img, lab = resolve_columns(dd[cfg.train_split], cfg.image_column, cfg.label_column, cfg.path)
+        for name in (cfg.validation_split, cfg.test_split):
+            if name:
+                resolve_columns(dd[name], img, lab)
+        return OpenedSource(dd, img, lab, source_label_names(dd[cfg.train_split], lab))
+
+    opener.__qualname__ = f"open_{kind}"
+    return opener
+
+
+for _kind in TABULAR_LOADERS:
+    SOURCES.add(_kind, _open_tabular(_kind))
+del _kind
+
+
+@SOURCES.register("digits")
+def open_digits(cfg: Any) -> OpenedSource:
+    """scikit-learn's digits, embedded (train/test splits drawn with ``cfg.seed``)."""
+    dd = digits_source(seed=cfg.seed)
+    need_splits(cfg, list(dd))
+    return OpenedSource(dd, "image", "labels", list(DIGIT_NAMES))
+
+
+def _wanted_splits(cfg: Any) -> list[str]:
+    need_splits(cfg, list(cfg.split_files or {}))
+    return [s for s in (cfg.train_split, cfg.validation_split, cfg.test_split) if s]
+
+
+@SOURCES.register("inat")
+def open_inat(cfg: Any) -> OpenedSource:
+    """iNaturalist COCO-style JSON per split (``split_files``) over ``image_root``."""
+    wanted = _wanted_splits(cfg)
+    mapping, names = category_mapping(read_coco_json(cfg.split_files[cfg.train_split]))
+    names = cfg.label_names or names
+    if len(names) != len(mapping):
+        raise ValueError(f"`label_names` has {len(names)} names but the JSON has {len(mapping)} categories.")
+    dd = DatasetDict({s: inat_split(cfg.split_files[s], cfg.image_root, mapping, names) for s in wanted})
+    return OpenedSource(dd, "image", "labels", names)
+
+
+@SOURCES.register("split_files")
+def open_split_files(cfg: Any) -> OpenedSource:
+    """OLTR ``path label`` files per split (``split_files``), over ``image_root`` or the dataset at ``path``."""
+    wanted = _wanted_splits(cfg)
+    names = cfg.label_names or ([str(i) for i in range(cfg.num_classes)] if cfg.num_classes else None)
+    missing = ValueError("`source: split_files` needs `num_classes` or `label_names`.")
+    if cfg.image_root:
+        if names is None:
+            raise missing
+        index = index_image_root(cfg.image_root)
+        dd = DatasetDict({s: split_from_image_root(cfg.split_files[s], cfg.image_root, names, index) for s in wanted})
+        return OpenedSource(dd, "image", "labels", names)
+    base = (load_disk if os.path.isdir(cfg.path) else load_hub)(cfg.path)
+    first = next(iter(base.values()))
+    img, lab = resolve_columns(first, cfg.image_column, cfg.label_column, cfg.path)
+    src_names = source_label_names(first, lab)
+    if cfg.label_names is None and src_names and cfg.num_classes in (None, len(src_names)):
+        names = src_names
+    if names is None:
+        raise missing
+    dd = DatasetDict({s: split_from_dataset(cfg.split_files[s], base, img, names) for s in wanted})
+    return OpenedSource(dd, "image", "labels", names)
 
 
 def resolve_columns(

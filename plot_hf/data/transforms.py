@@ -3,10 +3,10 @@
 Kinds (``transform`` in :class:`~plot_hf.data.builder.DataConfig`):
 
 * ``"cifar"`` (LDAM-DRW): train = pad 4 + random crop ``image_size`` (32) + horizontal flip + normalise;
-  eval = normalise only. Mean/std ``(0.4914, 0.4822, 0.4465)`` / ``(0.2023, 0.1994, 0.2010)``.
+  eval = normalise only, with the CIFAR mean/std of :mod:`plot_hf.preprocessing`.
 * ``"imagenet"`` (timm's ``create_transform``): train = random resized crop ``image_size`` (224) +
   horizontal flip + normalise (no colour jitter); eval = resize ``image_size / 0.875`` (256) + center crop
-  ``image_size`` + normalise. ImageNet mean/std.
+  ``image_size`` + normalise. ImageNet mean/std (:mod:`plot_hf.preprocessing`).
 * ``"none"``: to tensor only (the image must already have the model's size).
 
 No test-time augmentation: the eval transform is deterministic. The transform runs lazily through
@@ -24,11 +24,17 @@ import torch
 from datasets import Dataset
 from torchvision import transforms as T
 
+from ..preprocessing import (
+    CIFAR_MEAN,
+    CIFAR_STD,
+    DEFAULT_IMAGE_SIZE,
+    IMAGENET_EVAL_CROP_PCT,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+)
+
 TransformKind = Literal["cifar", "imagenet", "none"]
 TRANSFORM_KINDS: tuple[str, ...] = ("cifar", "imagenet", "none")
-CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
-CIFAR_STD = (0.2023, 0.1994, 0.2010)
-DEFAULT_IMAGE_SIZE = {"cifar": 32, "imagenet": 224, "none": None}
 
 ImageTransform = Callable[[Any], torch.Tensor]
 
@@ -46,11 +52,11 @@ def build_transforms(
         train = T.Compose([T.RandomCrop(size, padding=4), T.RandomHorizontalFlip(), T.ToTensor(), norm])
         return train, T.Compose([T.ToTensor(), norm])
     if kind == "imagenet":
-        from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, create_transform
+        from timm.data import create_transform
 
-        stats = {"mean": tuple(mean or IMAGENET_DEFAULT_MEAN), "std": tuple(std or IMAGENET_DEFAULT_STD)}
+        stats = {"mean": tuple(mean or IMAGENET_MEAN), "std": tuple(std or IMAGENET_STD)}
         train = create_transform(size, is_training=True, hflip=0.5, color_jitter=None, **stats)
-        evalt = create_transform(size, is_training=False, crop_pct=0.875, **stats)
+        evalt = create_transform(size, is_training=False, crop_pct=IMAGENET_EVAL_CROP_PCT, **stats)
         return train, evalt
     if kind == "none":
         return T.ToTensor(), T.ToTensor()

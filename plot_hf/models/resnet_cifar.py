@@ -76,9 +76,14 @@ class CifarResNet(nn.Module):
         norm: str = "batch",
         classifier: str = "linear",
         drop_rate: float = 0.0,
-        **_: object,
+        **unknown: object,
     ):
         super().__init__()
+        if unknown:  # a misspelt `model_args` key must not leave the default architecture silently
+            code = CifarResNet.__init__.__code__  # (no `inspect`: saved models ship this file as their code)
+            accepted = code.co_varnames[1:code.co_argcount]
+            raise TypeError(f"Unknown `model_args` key(s) {sorted(unknown)} of the CIFAR ResNet; it accepts: "
+                            f"{', '.join(accepted)}.")
         if norm not in ("batch", "group"):
             raise ValueError(f"`norm` must be 'batch' or 'group', got {norm!r}.")
         if classifier not in ("linear", "normed"):
