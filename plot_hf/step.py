@@ -17,9 +17,6 @@ the backbone):
 
 from __future__ import annotations
 
-import functools
-import inspect
-import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -52,7 +49,7 @@ from .moo.amortised import CoefficientCache, weighted_gradient
 from .moo.chunking import chunk_for_memory, count_saved_bytes
 from .moo.gradients import unflatten
 from .moo.sketch import frozen_batch_stats, sketch_gramian
-from .moo.solvers import DegenerateGramianWarning, degenerate_gramian, get_solver
+from .moo.solvers import build_solver, solve
 from .moo.split import SplitCapture
 
 
@@ -237,27 +234,12 @@ class PLOTStep:
                     gram = gramian(grads)
                 else:  # exact: sum G^r; cheap: sum the local Gramians (plot_hf.distributed)
                     grads, gram, factor = reduce_class_gradients(grads, reducer)
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always", DegenerateGramianWarning)
-                # fp16 overflow in G: NaN coefficients, so the loss scaler skips the step and lowers its scale.
-                # A NaN/inf loss: NaN coefficients too, so that plot_hf.guard skips the optimizer step.
-                losses_k = (objectives.detach() if reducer is None else reducer.sum_(objectives.detach().clone())).double()
-                if host_reads or not _takes_early_exit(self.solver_name):
-                    finite = gradient_is_finite([gram, objectives.detach()])
-                    solver = get_solver(self.solver_name) if finite else _nan_coefficients
-                    coefficients = solver(gram.double(), losses=losses_k, anchor=anchor_for(classes), **self.solver_kwargs)
-                else:  # no host read: the solver runs a fixed budget; non-finite input -> NaN coefficients
-                    finite_flag = all_finite([gram, objectives.detach()])
-                    coefficients = get_solver(self.solver_name)(
-                        gram.double(), losses=losses_k, anchor=anchor_for(classes), early_exit=False, **self.solver_kwargs
-                    )
-                    coefficients = torch.where(finite_flag, coefficients, torch.full_like(coefficients, float("nan")))
-                    degenerate = degenerate_gramian(gram).float()  # read when the trainer logs
-                coefficients = coefficients.float()
-            degenerate = degenerate + sum(issubclass(w.category, DegenerateGramianWarning) for w in caught)
-            for w in caught:
-                if not issubclass(w.category, DegenerateGramianWarning):
-                    warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+            # One solve on the host (plot_hf.moo.solvers.solve): a non-finite Gramian or loss (fp16 overflow in G,
+            # a NaN/inf loss) gives NaN coefficients, so that the loss scaler or plot_hf.guard skips the step.
+            losses_k = objectives.detach() if reducer is None else reducer.sum_(objectives.detach().clone())
+            solver = build_solver(self.solver_name, **self.solver_kwargs)
+            result = solve(solver, gram, losses=losses_k, anchor=anchor_for(classes))
+            coefficients, degenerate = result.coefficients.float(), float(result.degenerate)
             if self.solve_every > 1:  # (non-finite coefficients are never stored for the amortised steps)
                 self._cache.store(classes, coefficients)
             self._last_conflict = conflict_fraction(gram).detach()  # a tensor: read when the trainer logs
@@ -331,17 +313,6 @@ class PLOTStep:
         if self._split is None:
             self._split = SplitCapture(unwrapped, self.moo.stage_name, self.moo.names)
         return self._split
-
-
-@functools.cache
-def _takes_early_exit(solver_name: str) -> bool:
-    """Whether the solver has a sync-free mode (an ``early_exit`` argument): the built-in ones do; a solver
-    registered without it is called as is (it may read values on the host)."""
-    return "early_exit" in inspect.signature(get_solver(solver_name)).parameters
-
-
-def _nan_coefficients(gram: torch.Tensor, **_: object) -> torch.Tensor:
-    return torch.full((gram.shape[0],), float("nan"), dtype=gram.dtype, device=gram.device)
 
 
 @contextmanager
