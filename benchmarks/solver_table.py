@@ -16,6 +16,10 @@ plus noise plus a shared direction, as real per-class gradients have), "random" 
 >~ 300 the hull nearly contains 0) and "scaled" (nearly orthogonal gradients with norms over 4.5 decades, as
 late in training: badly conditioned).
 
+``--epo-highs`` adds the row ``epo-highs``: EPO with its linear programs solved by HiGHS
+(``scipy.optimize.linprog(method="highs")``, the same row scaling and acceptance test) instead of its dual
+simplex method, to compare the two LP solvers at equal accuracy.
+
 ``--baseline CHECKOUT`` also times the solvers of another checkout (its ``plot_hf/moo/solvers`` package,
 loaded under another name; either API: registered functions returning the coefficients, or solver classes),
 interleaving its calls with this checkout's, and prints both side by side with the ratio of the medians.
@@ -45,6 +49,7 @@ from benchmarks.references import (
     scaled_gramian,
 )
 from plot_hf.moo.solvers import SOLVERS
+from plot_hf.moo.solvers import _epo as epo_module
 
 FAMILIES = ("common", "random", "scaled")
 
@@ -56,6 +61,39 @@ def coefficients(registry, name: str, a: torch.Tensor, anchor: torch.Tensor, los
     if isinstance(entry, type):
         return entry()(a, anchor=anchor, losses=losses).coefficients
     return entry(a, anchor=anchor, losses=losses)
+
+
+def highs_simplex_lp(cost: torch.Tensor, m_ge: torch.Tensor, h: torch.Tensor) -> torch.Tensor | None:
+    """``argmax cost^T x`` over ``{x >= 0, sum x = 1, m_ge x >= h}`` by HiGHS, with the dual simplex method's
+    noise threshold (1e-11), row scaling and acceptance test (violation <= 1e-8); None if infeasible."""
+    from scipy.optimize import linprog
+
+    mat, rhs, k = m_ge.numpy(), h.numpy(), cost.numel()
+    if len(rhs):
+        size = np.abs(mat)
+        noise = 1e-11 * max(float(size.max()), float(np.abs(rhs).max()))
+        row = np.maximum(np.maximum(size.max(axis=1), np.abs(rhs)), noise + 1e-300)
+        mat, rhs = np.where(size > noise, mat, 0.0) / row[:, None], np.where(np.abs(rhs) > noise, rhs, 0.0) / row
+    c = cost.numpy() / max(float(np.abs(cost.numpy()).max()), 1e-300)
+    tolerances = {"primal_feasibility_tolerance": 1e-10, "dual_feasibility_tolerance": 1e-10}
+    result = linprog(-c, A_ub=-mat if len(rhs) else None, b_ub=-rhs if len(rhs) else None, A_eq=np.ones((1, k)),
+                     b_eq=np.ones(1), bounds=(0.0, None), method="highs", options=tolerances)
+    if result.status != 0:
+        return None
+    x = np.clip(result.x, 0.0, None) / np.clip(result.x, 0.0, None).sum()
+    return None if len(rhs) and float((rhs - mat @ x).max()) > 1e-8 else torch.from_numpy(x)
+
+
+class HighsEPO(SOLVERS["epo"]):
+    """EPO with its LPs solved by :func:`highs_simplex_lp` (for the ``epo-highs`` row)."""
+
+    def weights(self, gramian, anchor, losses):
+        original = epo_module.solve_simplex_lp
+        epo_module.solve_simplex_lp = highs_simplex_lp
+        try:
+            return super().weights(gramian, anchor, losses)
+        finally:
+            epo_module.solve_simplex_lp = original
 
 
 def load_baseline(checkout: Path):
@@ -89,7 +127,7 @@ def gap(name: str, lam: torch.Tensor, a: torch.Tensor, anchor: torch.Tensor, los
         w = (lam / k).numpy()
         ref = clarabel_min_norm(an)
         return (float(w @ an @ w) - ref) / max(ref, 1e-12 * float(np.diag(an).mean())), 0.0
-    if name == "epo":
+    if name.startswith("epo"):
         ref, cost, mat, rhs = clarabel_epo(an, ln, bn)
         alpha = (lam / k).numpy()
         scale = np.maximum(np.abs(mat).max(axis=1, initial=0.0), np.abs(rhs)) if len(rhs) else np.ones(0)
@@ -105,11 +143,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--baseline", type=Path, default=None, help="another checkout to compare with")
+    parser.add_argument("--epo-highs", action="store_true", help="add EPO with HiGHS as its LP solver")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     baseline = load_baseline(args.baseline) if args.baseline else None
-    names = sorted(SOLVERS)
+    registry = dict(SOLVERS) | ({"epo-highs": HighsEPO} if args.epo_highs else {})
+    names = sorted(registry)
     print(f"# solver table: float64 CPU, {torch.get_num_threads()} threads, torch {torch.__version__}, "
           f"median of {args.reps} calls" + (f", interleaved with the baseline {args.baseline}" if baseline else ""))
     if baseline is None:
@@ -126,14 +166,16 @@ def main(argv: list[str] | None = None) -> None:
             for name in names:
                 ours, theirs = [], []
                 for _ in range(args.reps):
-                    lam_theirs = timed(baseline, name, inputs, theirs) if baseline is not None else None
-                    lam = timed(SOLVERS, name, inputs, ours)
+                    lam_theirs = timed(baseline, name, inputs, theirs) if baseline and name in baseline else None
+                    lam = timed(registry, name, inputs, ours)
                 cells = [family, k, name]
                 if lam_theirs is not None:
                     cells += [f"{statistics.median(theirs) * 1e3:.1f}", *(f"{v:.1e}" for v in gap(name, lam_theirs, *inputs))]
+                elif baseline is not None:
+                    cells += ["", "", ""]
                 cells += [f"{statistics.median(ours) * 1e3:.1f}", *(f"{v:.1e}" for v in gap(name, lam, *inputs))]
-                if lam_theirs is not None:
-                    cells.append(f"{statistics.median(ours) / statistics.median(theirs):.2f}")
+                if baseline is not None:
+                    cells.append(f"{statistics.median(ours) / statistics.median(theirs):.2f}" if theirs else "")
                 print("| " + " | ".join(str(c) for c in cells) + " |", flush=True)
 
 

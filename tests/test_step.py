@@ -3,6 +3,7 @@ full re-forward at the perturbed point, one backward per class, gradients writte
 
 from __future__ import annotations
 
+import contextlib
 import copy
 
 import pytest
@@ -10,8 +11,8 @@ import timm
 import torch
 import torch.nn.functional as F
 
-import plot_hf  # noqa: F401
-from plot_hf.moo import get_solver
+import plot_hf.step
+from plot_hf.moo.solvers import CAGrad
 from plot_hf.step import PLOTStep
 from plot_hf.trainer import class_prior_anchor, resolve_moo_parameters
 
@@ -48,7 +49,7 @@ def _reference_step(model, x, y, counts, keep_fraction, stage="layer3"):
         rows.append(torch.cat([t.reshape(-1) for t in g]))
     G = torch.stack(rows)
     anchor = class_prior_anchor(counts)[classes].double()
-    coefficients = get_solver("cagrad")((G @ G.T).double(), anchor=anchor / anchor.sum(), alpha=0.5, rescale=1)
+    coefficients = CAGrad(alpha=0.5, rescale=1)((G @ G.T).double(), anchor=anchor / anchor.sum()).coefficients
     direction = torch.split(coefficients.float() @ G, [p.numel() for p in stage_params])
     with torch.no_grad():
         for p, s, e in zip(stage_params, saved, epsilon, strict=True):
@@ -66,13 +67,32 @@ class _Null:
         return False
 
 
+@contextlib.contextmanager
+def _reads_only_classes_and_the_solve(monkeypatch, host_reads: bool):
+    """Without ``host_reads``: every host read is an error but the classes present (``torch.unique``) and the
+    solver's call (:func:`plot_hf.moo.solvers.solve`: one copy of the Gramian, solved on the host)."""
+    if host_reads:
+        yield
+        return
+    with forbid_host_reads(allow=("unique",)) as ban:
+        real = plot_hf.step.solve
+
+        def solve(*args, **kwargs):
+            with ban.lifted():
+                return real(*args, **kwargs)
+
+        monkeypatch.setattr(plot_hf.step, "solve", solve)
+        yield
+
+
 @pytest.mark.parametrize(
     ("keep_fraction", "host_reads", "stage"),
     [(0.0, True, None), (0.5, True, None), (0.5, False, None), (0.0, True, "layer3.4")],
 )
-def test_plot_step_equals_reference_step(device, keep_fraction, host_reads, stage):
-    """Also in the accelerators' mode (``host_reads=False``): the only value read on the host is the set of
-    classes present (``torch.unique``); the solver, the finiteness gates and the diagnostics stay on the device.
+def test_plot_step_equals_reference_step(device, keep_fraction, host_reads, stage, monkeypatch):
+    """Also in the accelerators' mode (``host_reads=False``): the only values read on the host are the set of
+    classes present (``torch.unique``) and the Gramian (the solver's one copy); the finiteness gates and the
+    diagnostics stay on the device.
     ``stage="layer3.4"``: the MOO parameters are the last block of the last stage (a module nested in it); the
     blocks before it are replayed from the recorded forward and get the total loss's gradient."""
     torch.manual_seed(0)
@@ -94,7 +114,7 @@ def test_plot_step_equals_reference_step(device, keep_fraction, host_reads, stag
         a = table.to(classes.device)[classes].double()
         return a / a.sum()
 
-    with _Null() if host_reads else forbid_host_reads(allow=("unique",)):
+    with _reads_only_classes_and_the_solve(monkeypatch, host_reads):
         clean, diagnostics = step.run(
             model=model, unwrapped=model, pixel_values=x, group_labels=y,
             per_sample_loss=lambda logits: F.cross_entropy(logits, y, reduction="none"),
@@ -114,9 +134,9 @@ def test_plot_step_equals_reference_step(device, keep_fraction, host_reads, stag
     assert 0.0 <= diagnostics.conflict_fraction <= 1.0
 
 
-def test_amortised_steps_without_host_reads_equal_those_with(device):
+def test_amortised_steps_without_host_reads_equal_those_with(device, monkeypatch):
     """Amortised solving (``solve_every=2``: solve, reuse, solve) in the accelerators' mode reads nothing but
-    the classes present and gives the gradients of the host-reading mode."""
+    the classes present and the solver's Gramian, and gives the gradients of the host-reading mode."""
     torch.manual_seed(0)
     models = [Wrapper(timm.create_model("resnet32_cifar", num_classes=6)).to(device).train()]
     models.append(copy.deepcopy(models[0]))
@@ -130,7 +150,7 @@ def test_amortised_steps_without_host_reads_equal_those_with(device):
         y = torch.tensor([i % 3, 1, 2, 3, 4, 5] * 4, device=device)
         for model, step, host_reads in zip(models, steps, (True, False), strict=True):
             model.zero_grad()
-            with _Null() if host_reads else forbid_host_reads(allow=("unique",)):
+            with _reads_only_classes_and_the_solve(monkeypatch, host_reads):
                 step.run(
                     model=model, unwrapped=model, pixel_values=x, group_labels=y,
                     per_sample_loss=lambda logits, y=y: F.cross_entropy(logits, y, reduction="none"),
@@ -141,9 +161,9 @@ def test_amortised_steps_without_host_reads_equal_those_with(device):
             torch.testing.assert_close(q.grad, p.grad, rtol=1e-4, atol=1e-6, msg=f"step {i}: {name}")
 
 
-def test_epo_step_without_host_reads_equals_with(device):
-    """EPO in the accelerators' mode (its LPs by the interior-point method on the device, the fallback chain by
-    ``torch.where``) reads nothing but the classes present and gives the host mode's gradients."""
+def test_epo_step_without_host_reads_equals_with(device, monkeypatch):
+    """EPO in the accelerators' mode reads nothing but the classes present and the solver's Gramian and
+    losses, and gives the host mode's gradients."""
     torch.manual_seed(1)
     models = [Wrapper(timm.create_model("resnet32_cifar", num_classes=6)).to(device).train()]
     models.append(copy.deepcopy(models[0]))
@@ -152,7 +172,7 @@ def test_epo_step_without_host_reads_equals_with(device):
     for model, host_reads in zip(models, (True, False), strict=True):
         step = PLOTStep(moo=resolve_moo_parameters(model, None), solver_name="epo", solver_kwargs={}, rho=RHO,
                         keep_fraction=0.0, vc_weight=VC, host_reads=host_reads)
-        with _Null() if host_reads else forbid_host_reads(allow=("unique",)):
+        with _reads_only_classes_and_the_solve(monkeypatch, host_reads):
             step.run(
                 model=model, unwrapped=model, pixel_values=x, group_labels=y,
                 per_sample_loss=lambda logits: F.cross_entropy(logits, y, reduction="none"),

@@ -9,7 +9,7 @@ float64 there, stopping at convergence. The PLOT step calls :func:`solve`.
 - :class:`CAGrad` (``"cagrad"``): CAGrad's dual by a primal-dual interior-point method on its cone form,
   certified by the duality gap;
 - :class:`MGDA` (``"mgda"``): the min-norm point by a primal-dual interior-point method;
-- :class:`EPO` (``"epo"``): EPO's linear programs by HiGHS (SciPy).
+- :class:`EPO` (``"epo"``): EPO's linear programs by a dense dual simplex method.
 
 :data:`SOLVERS` maps the names to the classes; :func:`register_solver` adds one, :func:`build_solver` builds
 one by name with hyperparameters checked.
@@ -17,8 +17,9 @@ one by name with hyperparameters checked.
 
 from ._base import SOLVERS, HostProblem, Solver, SolverResult, build_solver, register_solver, solve, to_host
 from ._cagrad import CAGrad, cagrad_objective
-from ._epo import EPO, epo_lp, solve_simplex_lp
+from ._epo import EPO, epo_lp
 from ._mgda import MGDA, min_norm_weights
+from ._simplex_lp import solve_simplex_lp
 
 __all__ = [
     "EPO",

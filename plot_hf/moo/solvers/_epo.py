@@ -17,10 +17,10 @@ anchor; uniform by default). With ``rl = r * l``, ``l_hat = rl / sum(rl)``, the 
 The coefficients are ``lambda = K * alpha`` (``ones(K)`` is the plain sum of the class gradients).
 
 Departures from the reference code (``dbmptr/EPOSearch`` and its copy in ``zzpustc/PLOT``, never called
-there). The LPs are solved by HiGHS (``scipy.optimize.linprog(method="highs")``, feasibility tolerances
-1e-10) instead of cvxpy + GLPK, after zeroing the entries below 1e-11 of the largest (rounding noise, e.g.
-``C a`` at a uniform point) and scaling each row and the cost to unit max-norm; a solution that still
-violates a row by more than 1e-8 (scaled units) counts as a failure. ``l_hat`` is clamped away from 0
+there). The LPs are solved by a dense dual simplex method on the host (:mod:`plot_hf.moo.solvers._simplex_lp`)
+instead of cvxpy + GLPK, after zeroing the entries below 1e-11 of the largest (rounding noise, e.g. ``C a``
+at a uniform point) and scaling each row and the cost to unit max-norm; a vertex that still violates a row
+by more than 1e-8 (scaled units) counts as a failure. ``l_hat`` is clamped away from 0
 before the logarithm (the reference gives ``-inf``). An infeasible LP (the reference returns ``None`` and
 crashes) falls back to the next mode: balance -> restricted descent -> relaxed descent (always feasible:
 the MGDA weights satisfy it) -> the MGDA weights themselves.
@@ -28,47 +28,15 @@ the MGDA weights satisfy it) -> the MGDA weights themselves.
 
 from __future__ import annotations
 
-import numpy as np
 import torch
-from scipy.optimize import linprog
 from torch import Tensor
 
 from ._base import Solver, register_solver
 from ._checks import check_number
 from ._mgda import min_norm_weights
+from ._simplex_lp import solve_simplex_lp
 
-__all__ = ["EPO", "epo_lp", "solve_simplex_lp"]
-
-_NOISE = 1e-11  # entries below this fraction of the largest are rounding noise
-_TOLERANCE = 1e-10  # HiGHS's primal and dual feasibility tolerances (scaled units)
-_ACCEPT = 1e-8  # largest constraint violation (scaled units) of an accepted solution
-
-
-def solve_simplex_lp(cost: Tensor, m_ge: Tensor, h: Tensor) -> Tensor | None:
-    """``argmax cost^T x`` over ``{x >= 0, sum x = 1, m_ge x >= h}`` (float64 CPU tensors) by HiGHS, or
-    None if the LP is infeasible or HiGHS fails (see the module for the scaling and the acceptance test)."""
-    mat, rhs = m_ge.numpy(), h.numpy()
-    if len(rhs):
-        size = np.abs(mat)
-        noise = _NOISE * max(float(size.max()), float(np.abs(rhs).max()))
-        row = np.maximum(size.max(axis=1), np.abs(rhs))
-        row = np.maximum(row, noise + 1e-300)
-        mat = np.where(size > noise, mat, 0.0) / row[:, None]
-        rhs = np.where(np.abs(rhs) > noise, rhs, 0.0) / row
-    c = cost.numpy() / max(float(np.abs(cost.numpy()).max()), 1e-300)
-    k = c.shape[0]
-    result = linprog(
-        -c, A_ub=-mat if len(rhs) else None, b_ub=-rhs if len(rhs) else None,
-        A_eq=np.ones((1, k)), b_eq=np.ones(1), bounds=(0.0, None), method="highs",
-        options={"primal_feasibility_tolerance": _TOLERANCE, "dual_feasibility_tolerance": _TOLERANCE},
-    )
-    if result.status != 0:
-        return None
-    x = np.clip(result.x, 0.0, None)
-    x = x / x.sum()
-    if len(rhs) and float((rhs - mat @ x).max()) > _ACCEPT:
-        return None
-    return torch.from_numpy(x)
+__all__ = ["EPO", "epo_lp"]
 
 
 def _adjustments(losses: Tensor, pref: Tensor) -> tuple[Tensor, Tensor, Tensor]:
