@@ -52,6 +52,7 @@ from plot_hf.moo.solvers import SOLVERS
 from plot_hf.moo.solvers import _epo as epo_module
 
 FAMILIES = ("common", "random", "scaled")
+CPU = torch.device("cpu")
 
 
 def coefficients(registry, name: str, a: torch.Tensor, anchor: torch.Tensor, losses: torch.Tensor) -> torch.Tensor:
@@ -106,13 +107,6 @@ def load_baseline(checkout: Path):
     return module.SOLVERS
 
 
-def timed(registry, name: str, inputs: tuple, times: list[float]) -> torch.Tensor:
-    start = time.perf_counter()
-    lam = coefficients(registry, name, *inputs)
-    times.append(time.perf_counter() - start)
-    return lam.double().cpu()
-
-
 def gap(name: str, lam: torch.Tensor, a: torch.Tensor, anchor: torch.Tensor, losses: torch.Tensor) -> tuple[float, float]:
     """``(objective gap, constraint violation)`` of the coefficients against the reference (see the module)."""
     k = a.shape[0]
@@ -134,6 +128,42 @@ def gap(name: str, lam: torch.Tensor, a: torch.Tensor, anchor: torch.Tensor, los
         violation = max([0.0, *((rhs - mat @ alpha) / np.maximum(scale, 1e-300)), *(-alpha), abs(alpha.sum() - 1)])
         return (ref - float(cost @ alpha)) / max(abs(ref), 1e-300), violation
     return float("nan"), float("nan")
+
+
+def problem(family: str, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(Gramian, anchor, losses)`` of the table's problem for ``family`` and ``k`` (float64 CPU)."""
+    a = scaled_gramian(k, seed=k) if family == "scaled" else gramian(k, float(family == "common"), seed=k)
+    anchor = torch.as_tensor(np.random.default_rng(k).dirichlet(np.ones(k)))
+    losses = torch.rand(k, generator=torch.Generator().manual_seed(k), dtype=torch.float64) + 0.5
+    return a, anchor, losses
+
+
+def timed(registry, name: str, inputs: tuple, times: list[float], device: torch.device = CPU) -> torch.Tensor:
+    """The coefficients (float64 CPU); appends the wall time of the call, inputs on ``device`` (on CUDA,
+    synchronised before the clock is read)."""
+    on_device = [v.to(device) for v in inputs]
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    lam = coefficients(registry, name, *on_device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    times.append(time.perf_counter() - start)
+    return lam.double().cpu()
+
+
+def rows(families: list[str], ks: list[int], reps: int, device: torch.device = CPU) -> list[tuple]:
+    """``(family, K, solver, median ms, gap, violation)`` for every registered solver."""
+    out = []
+    for family in families:
+        for k in ks:
+            inputs = problem(family, k)
+            for name in sorted(SOLVERS):
+                times: list[float] = []
+                for _ in range(reps):
+                    lam = timed(SOLVERS, name, inputs, times, device)
+                out.append((family, k, name, statistics.median(times) * 1e3, *gap(name, lam, *inputs)))
+    return out
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -159,10 +189,7 @@ def main(argv: list[str] | None = None) -> None:
         print("|---|---|---|---|---|---|---|---|---|---|")
     for family in args.families.split(","):
         for k in (int(v) for v in args.ks.split(",")):
-            a = scaled_gramian(k, seed=k) if family == "scaled" else gramian(k, float(family == "common"), seed=k)
-            anchor = torch.as_tensor(np.random.default_rng(k).dirichlet(np.ones(k)))
-            losses = torch.rand(k, generator=torch.Generator().manual_seed(k), dtype=torch.float64) + 0.5
-            inputs = (a, anchor, losses)
+            inputs = problem(family, k)
             for name in names:
                 ours, theirs = [], []
                 for _ in range(args.reps):
