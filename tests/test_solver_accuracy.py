@@ -204,3 +204,17 @@ def test_epo_opposed_classes_fall_back_to_the_one_feasible_point():
         torch.testing.assert_close(lam, torch.tensor([1.0, 1.0], dtype=torch.float64), atol=1e-9, rtol=0)
     lam = EPO()(c, losses=torch.tensor([3.0, 1.0], dtype=torch.float64)).coefficients
     assert bool(torch.isfinite(lam).all()) and abs(float(lam.sum()) - 2) < 1e-9
+
+
+def test_solver_table_runs_every_solver_against_its_reference(capsys):
+    """``benchmarks/solver_table.py`` at tiny sizes: a row per registered solver and family, small gaps."""
+    from benchmarks import solver_table
+
+    solver_table.main(["--ks", "6", "--reps", "1", "--epo-highs"])
+    rows = [line.split(" | ") for line in capsys.readouterr().out.splitlines() if line.startswith("| common")
+            or line.startswith("| random") or line.startswith("| scaled")]
+    assert sorted({row[2] for row in rows}) == sorted([*solver_table.SOLVERS, "epo-highs"])
+    assert len(rows) == 3 * (len(solver_table.SOLVERS) + 1)
+    for row in rows:
+        gap, violation = float(row[4]), float(row[5].rstrip(" |"))
+        assert gap <= 1e-5 and violation <= 1e-8, row
