@@ -126,10 +126,10 @@ class PLOTStep:
         of ``grad_scale x objective`` and divided by it, as the scaler does for the final backward.
         Under DDP (``reducer`` active) the step is defined on the global batch (:mod:`plot_hf.distributed`).
 
-        Host reads: with ``host_reads`` False (default on accelerators) the step reads one value on the
-        host, the set of classes present in the batch (it fixes K, the number of per-class backward passes):
-        finiteness gates, the solver and the diagnostics stay on the device (the diagnostics are read when
-        the trainer logs). On a CPU (default ``host_reads`` True) reads are free and the solvers stop early.
+        Host reads: with ``host_reads`` False (default on accelerators) the step reads on the host the set of
+        classes present in the batch (it fixes K, the number of per-class backward passes) and, when it solves,
+        the K x K Gramian (one copy; the solver runs on the host): the SAM finiteness gate and the diagnostics
+        stay on the device (the diagnostics are read when the trainer logs). On a CPU reads are free.
         """
         if self._replay is None:
             self._replay = StageReplay(unwrapped, self.moo.stage_name)

@@ -91,7 +91,7 @@ class PLOTTrainer(Trainer):
             self._plot_step = PLOTStep(
                 moo=moo,
                 solver_name=self.args.moo_solver,
-                solver_kwargs=self._solver_kwargs(),
+                solver_kwargs=self.args.solver_hyperparameters(),
                 rho=self.args.sam_rho,
                 keep_fraction=self.args.sam_keep_fraction,
                 vc_weight=self.args.vc_weight,
@@ -231,11 +231,6 @@ class PLOTTrainer(Trainer):
             return None
         anchor = self._anchor_table.to(classes.device)[classes].double()
         return anchor / anchor.sum()
-
-    def _solver_kwargs(self) -> dict:
-        if self.args.moo_solver == "cagrad":
-            return {"alpha": self.args.cagrad_alpha, "rescale": self.args.cagrad_rescale}
-        return {}
 
     # ------------------------------------------------------------------------------------------- sampler
     def _get_train_sampler(self, train_dataset=None):
