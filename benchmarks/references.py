@@ -1,5 +1,6 @@
-"""High-accuracy references for the solver tests and the benchmark: Clarabel's interior-point method on the
-conic form of each problem (independent of the project's solvers), and the Gramian families they are run on."""
+"""High-accuracy references for the solver tests and the solver table: Clarabel's interior-point method on the
+conic form of each problem (independent of the project's solvers: nothing here imports them), and the Gramian
+families they are run on."""
 
 from __future__ import annotations
 
@@ -8,9 +9,16 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from plot_hf.moo.solvers import cagrad_objective
-
-__all__ = ["clarabel_cagrad", "clarabel_min_norm", "gramian", "scaled_gramian"]
+__all__ = [
+    "cagrad_dual_objective",
+    "clarabel_cagrad",
+    "clarabel_epo",
+    "clarabel_lp",
+    "clarabel_min_norm",
+    "epo_linear_programs",
+    "gramian",
+    "scaled_gramian",
+]
 
 
 def gramian(k: int, common: float, seed: int) -> torch.Tensor:
@@ -81,4 +89,64 @@ def clarabel_cagrad(a: np.ndarray, anchor: np.ndarray, c: float) -> float:
     assert str(solution.status) == "Solved", solution.status
     w = np.clip(np.asarray(solution.x)[:k], 0, None)
     w /= w.sum()
-    return float(cagrad_objective(torch.as_tensor(w), torch.as_tensor(a), torch.as_tensor(anchor), c))
+    return cagrad_dual_objective(w, a, anchor, c)
+
+
+def cagrad_dual_objective(w: np.ndarray, a: np.ndarray, anchor: np.ndarray, c: float) -> float:
+    """CAGrad's dual objective ``w^T A b + c sqrt(w^T A w + 1e-8)`` (Liu et al., NeurIPS 2021, eq. 4)."""
+    return float(w @ a @ anchor + c * np.sqrt(max(float(w @ a @ w), 0.0) + 1e-8))
+
+
+def clarabel_lp(cost: np.ndarray, mat: np.ndarray, rhs: np.ndarray) -> tuple[str, float]:
+    """``max cost^T x`` over ``{x >= 0, sum x = 1, mat x >= rhs}``: ``(status, optimal value)``. The cost and
+    each row are scaled to unit max-norm first (the LP and its argmax are unchanged)."""
+    k = cost.shape[0]
+    size = np.maximum(np.abs(mat).max(axis=1, initial=0.0), np.abs(rhs)) if len(rhs) else np.ones(0)
+    size = np.where(size > 0, size, 1.0)
+    mat, rhs = mat / size[:, None], rhs / size
+    top = max(float(np.abs(cost).max()), 1e-300)
+    constraints = sp.csc_matrix(np.vstack([np.ones((1, k)), -np.eye(k), -mat]))
+    b = np.concatenate([[1.0], np.zeros(k), -rhs])
+    cones = [clarabel.ZeroConeT(1), clarabel.NonnegativeConeT(k + len(rhs))]
+    solver = clarabel.DefaultSolver(sp.csc_matrix((k, k)), -cost / top, constraints, b, cones, _settings())
+    solution = solver.solve()
+    return str(solution.status), -float(solution.obj_val) * top
+
+
+def epo_linear_programs(c: np.ndarray, losses: np.ndarray, pref: np.ndarray, eps: float = 1e-4) -> list:
+    """EPO's linear programs in the order of its modes (Mahapatra & Rajan, ICML 2020, eqs. 12-15, with the
+    fallback chain of plot_hf's EPO): ``[(cost, mat, rhs), ...]`` for ``max cost^T x, x in simplex, mat x >= rhs``.
+
+    ``rl = r l``, ``l^ = rl / sum rl``, ``mu = sum l^ log(K l^)``, ``a = r (log(K l^) - mu)``. Balance
+    (only if ``mu > eps``): maximise ``(C a)^T x`` with ``(C x)_j >= (C a)_j`` where ``(C a)_j <= 0`` and
+    ``(C x)_j >= 0`` on ``argmax rl`` (all ``j`` with ``(C x)_j >= 0`` if no ``(C a)_j > 0``). Restricted
+    descent: maximise ``1^T C x`` with ``C x >= 0`` and ``(C a)^T x >= min(max_j (C a)_j, 0)``. Relaxed
+    descent: the same without the last row."""
+    k = c.shape[0]
+    rl = pref * losses
+    l_hat = np.maximum(rl / rl.sum(), np.finfo(float).tiny)
+    mu = float((l_hat * np.log(k * l_hat)).sum())
+    ca = c @ (pref * (np.log(k * l_hat) - mu))
+    total = c.sum(axis=0)
+    programs = []
+    if mu > eps:
+        if (ca > 0).any():
+            worst = rl >= rl.max()
+            rows = (ca <= 0) | worst
+            programs.append((ca, c[rows], np.where(worst, 0.0, ca)[rows]))
+        else:
+            programs.append((ca, c, np.zeros(k)))
+    programs.append((total, np.vstack([ca[None], c]), np.concatenate([[min(float(ca.max()), 0.0)], np.zeros(k)])))
+    programs.append((total, c, np.zeros(k)))
+    return programs
+
+
+def clarabel_epo(c: np.ndarray, losses: np.ndarray, pref: np.ndarray) -> tuple[float, np.ndarray, np.ndarray, np.ndarray]:
+    """The first feasible LP of :func:`epo_linear_programs` (Clarabel's status "Solved"; "PrimalInfeasible"
+    moves on): ``(optimal value, cost, mat, rhs)``."""
+    for cost, mat, rhs in epo_linear_programs(c, losses, pref):
+        status, value = clarabel_lp(cost, mat, rhs)
+        if status == "Solved":
+            return value, cost, mat, rhs
+        assert status == "PrimalInfeasible", status
+    raise AssertionError("no EPO linear program is feasible (the relaxed one always is)")

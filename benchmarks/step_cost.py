@@ -11,8 +11,8 @@ fresh subprocess, sampled at 1 kHz; on the CPU that is tensor memory), the proje
 CIFAR-100-LT recipe, a solver table (objective gaps to Clarabel), and a fidelity table (cosine of each mode's CAGrad
 direction ``G^T lambda`` to the exact one on a partly trained network). ``--quick``: tiny sizes (for tests).
 
-``--device cuda``: models, inputs, the solver table and the fidelity table on the GPU, each timed call
-followed by ``torch.cuda.synchronize``; the default mode there is the one ``moo_gradient_method="auto"`` picks
+``--device cuda``: models, inputs and the fidelity table on the GPU (the solver table's Gramians start there
+and are copied to the host by the solvers), each timed call followed by ``torch.cuda.synchronize``; the default mode there is the one ``moo_gradient_method="auto"`` picks
 on an accelerator (exact, batched); peak memory is the growth of ``torch.cuda.max_memory_allocated`` (in
 process). ``--skip timing,memory,fidelity,solvers`` leaves tables out (without
 the timing: no overhead table and no last line); ``--classes 100`` runs one class count only.
@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import itertools
 import json
 import math
 import os
@@ -48,7 +47,7 @@ from plot_hf import PLOTConfig
 from plot_hf.moo import per_class_gradients, per_class_objectives
 from plot_hf.moo.class_groups import frequency_groups, group_anchor_table
 from plot_hf.moo.sketch import frozen_batch_stats, sketch_gramian
-from plot_hf.moo.solvers import SOLVERS, cagrad_objective
+from plot_hf.moo.solvers import CAGrad
 from plot_hf.step import PLOTStep, build_plot_step
 from plot_hf.trainer import class_prior_anchor, resolve_gradient_method, resolve_moo_parameters
 
@@ -184,8 +183,8 @@ def last_block(model: Wrapper) -> str:
 
 def plot_step(model: Wrapper, counts: list[int], stage: str = "net.layer3", **kwargs) -> PLOTStep:
     """The step as ``PLOTTrainer`` builds it (:func:`plot_hf.step.build_plot_step`), ``host_reads`` left unset, so
-    that the step resolves it from the inputs' device (host reads on a CPU; none on CUDA, where the solvers run
-    their sync-free fixed budget). ``stage``: the module holding the MOO parameters (``moo_modules``); the other
+    that the step resolves it from the inputs' device (host reads on a CPU; on CUDA only the classes present and the
+    solver's copy of the Gramian). ``stage``: the module holding the MOO parameters (``moo_modules``); the other
     keyword arguments name the step's options (``gradient_method``, ``chunk_size``, ``chunk_memory_mb``,
     ``sketch_dim``, ``groups``, ``solve_every``)."""
     options = {"gradient_method": "moo_gradient_method", "chunk_size": "moo_chunk_size", "groups": "moo_class_groups",
@@ -325,57 +324,21 @@ def cuda_peak_memory(cfg: dict, name: str, num_classes: int, present: int, devic
 
 
 # ------------------------------------------------------------------------------------------------ solvers
-def solver_table(ks: tuple[int, ...], reference_up_to: int, device: torch.device = CPU) -> list[tuple]:
-    """(family, K, solver, mode, median ms of 3, relative objective gap to Clarabel) per solver and mode:
-    "early exit" (host reads allowed: the default on a CPU; EPO by the dual simplex method on the host) and
-    "sync-free" (no host read, a fixed budget: the default on accelerators; EPO by its interior-point method on
-    the device). Families: "random"
-    (rank-64 + noise: for K >~ 300 the hull nearly contains 0, the hard case for MGDA) and "common" (plus a
-    shared direction, as real per-class gradients have) and "scaled" (nearly orthogonal gradients with norms over
-    4.5 decades, as late in training: the ill-conditioned case for CAGrad). Gap > 0: ours is worse; EPO's LP is checked
-    against HiGHS in the tests (tests/test_epo_lp.py). On CUDA the solvers run on the device, in their default
-    mode there (sync-free, a fixed budget), and the gaps are computed on host copies."""
-    from benchmarks.references import (  # Clarabel: this table only
-        clarabel_cagrad,
-        clarabel_min_norm,
-        gramian,
-        scaled_gramian,
-    )
+def solver_table(ks: tuple[int, ...], device: torch.device = CPU) -> list[tuple]:
+    """(family, K, solver, median ms of 3, objective gap, constraint violation) per registered solver:
+    ``benchmarks/solver_table.py``'s rows (gaps to Clarabel; EPO's LP to Clarabel's). On CUDA the Gramian starts
+    on the device, and the timed call includes its one copy to the host."""
+    from benchmarks.solver_table import FAMILIES, rows  # Clarabel: this table only
 
-    rows = []
-    for family in ("random", "common", "scaled"):
-        for k in ks:
-            a = scaled_gramian(k, seed=k) if family == "scaled" else gramian(k, float(family == "common"), seed=k)
-            anchor = torch.as_tensor(np.random.default_rng(k).dirichlet(np.ones(k)))
-            losses = torch.rand(k, generator=torch.Generator().manual_seed(k), dtype=torch.float64) + 0.5
-            on_device = {"a": a.to(device), "anchor": anchor.to(device), "losses": losses.to(device)}
-            for name, mode in itertools.product(("cagrad", "mgda", "epo"), ("early exit", "sync-free")):
-                kwargs = {"cagrad": ["anchor"], "mgda": [], "epo": ["losses"]}[name]
-                times = []
-                for _ in range(3):
-                    start = time.perf_counter()
-                    lam = SOLVERS[name](on_device["a"], **{key: on_device[key] for key in kwargs},
-                                        early_exit=mode == "early exit")
-                    synchronize(device)
-                    times.append(time.perf_counter() - start)
-                lam = lam.cpu()
-                gap = float("nan")
-                if name == "cagrad" and k <= reference_up_to:
-                    c = 0.5 * math.sqrt(float(a.mean()) + 1e-8) + 1e-8
-                    scaled = lam * (1 + 0.25) - 1  # = K c w / ||G^T w||: recover w on the simplex
-                    w = (scaled / scaled.sum()).clamp_min(0)
-                    ours = float(cagrad_objective(w, a, anchor, c))
-                    ref = clarabel_cagrad(a.numpy(), anchor.numpy(), c)
-                    gap = (ours - ref) / abs(ref)
-                elif name == "mgda" and k <= reference_up_to:
-                    w = lam / lam.sum()
-                    ref = clarabel_min_norm(a.numpy())
-                    gap = (float(w @ a @ w) - ref) / abs(ref)
-                rows.append((family, k, name, mode, statistics.median(times) * 1e3, gap))
-    return rows
+    return rows(list(FAMILIES), list(ks), reps=3, device=device)
 
 
 # ------------------------------------------------------------------------------------------------ fidelity
+def _cagrad(gram: torch.Tensor, anchor: torch.Tensor) -> torch.Tensor:
+    """CAGrad's coefficients (alpha 0.5, the reference's rescale) in the Gramian's dtype and device."""
+    return CAGrad()(gram, anchor=anchor).coefficients
+
+
 @contextmanager
 def constant_batch_stats(model: torch.nn.Module) -> Iterator[None]:
     """Train-mode batch norms normalise with the batch statistics held constant (detached): the network becomes
@@ -447,7 +410,7 @@ def fidelity(cfg: dict, num_classes: int, present: int, device: torch.device = C
         objectives = objectives_of(params)
         G = per_class_gradients(objectives, params).double()
         anchor = table[classes] / table[classes].sum()
-        lam = SOLVERS["cagrad"](G @ G.T, anchor=anchor)
+        lam = _cagrad(G @ G.T, anchor=anchor)
         exact = lam @ G
 
         def add(name: str, direction: torch.Tensor, exact: torch.Tensor = exact) -> None:
@@ -456,26 +419,26 @@ def fidelity(cfg: dict, num_classes: int, present: int, device: torch.device = C
         for d in sorted({4, 16, cfg["sketch_dim"], 4 * cfg["sketch_dim"]}):
             sk, _ = sketch_gramian(objectives_of, params, d, chunk_size=16,
                                    generator=torch.Generator().manual_seed(b))
-            add(f"sketch d={d}", SOLVERS["cagrad"](sk.double(), anchor=anchor) @ G)
+            add(f"sketch d={d}", _cagrad(sk.double(), anchor=anchor) @ G)
         gid = class_to_group[classes]
         gids = gid.unique()
         Gg = torch.zeros(gids.numel(), G.shape[1], dtype=G.dtype, device=G.device).index_add(
             0, torch.searchsorted(gids, gid), G)
         ga = group_table[gids] / group_table[gids].sum()
-        add(f"groups {groups}", SOLVERS["cagrad"](Gg @ Gg.T, anchor=ga) @ Gg)
+        add(f"groups {groups}", _cagrad(Gg @ Gg.T, anchor=ga) @ Gg)
         add("plain mean (no MOO)", G.sum(0))
         # MOO on the last block only: CAGrad on that block's columns of G, the plain mean on the other blocks
         prefix = last_block(model) + "."
         block = torch.cat([torch.full((p.numel(),), n.startswith(prefix), device=G.device)
                            for n, p in zip(names, params, strict=True)])
         narrow = G.sum(0)
-        narrow[block] = SOLVERS["cagrad"](G[:, block] @ G[:, block].T, anchor=anchor) @ G[:, block]
+        narrow[block] = _cagrad(G[:, block] @ G[:, block].T, anchor=anchor) @ G[:, block]
         add(f"{LAST_BLOCK}: layer3 direction", narrow)
         add(f"{LAST_BLOCK}: within the block", narrow[block], exact[block])
         with constant_batch_stats(model):  # the BN statistics as constants: sample-separable, one pass in principle
             constant = per_class_gradients(objectives_with(model, x, y, position, k), params).double()
-        add("BN statistics as constants", SOLVERS["cagrad"](constant @ constant.T, anchor=anchor) @ constant)
-        add("BN constants: coefficients on the exact G", SOLVERS["cagrad"](constant @ constant.T, anchor=anchor) @ G)
+        add("BN statistics as constants", _cagrad(constant @ constant.T, anchor=anchor) @ constant)
+        add("BN constants: coefficients on the exact G", _cagrad(constant @ constant.T, anchor=anchor) @ G)
         if stale is None:
             stale = (classes, lam)
         else:  # amortised: coefficients solved b steps earlier, looked up by class (1.0 if absent then)
@@ -594,16 +557,12 @@ def main(argv: list[str] | None = None) -> None:
             print(f"| {n} | {mem[n]:.0f} | {mem[n] / base:.2f}x |")
             sys.stdout.flush()
     if "solvers" not in skip:
-        on = "CPU" if device.type == "cpu" else f"on {device}"
-        solver_mode = "early exit" if device.type == "cpu" else "sync-free"
+        on = "CPU" if device.type == "cpu" else f"host, the Gramian copied from {device}"
         print(f"\n## solvers (float64 {on}, median of 3 ms; gap = relative objective excess over Clarabel, "
-              f"< 0: ours lower; the default mode here: {solver_mode})\n")
-        print("| Gramian | K | solver | early exit | gap | sync-free | gap |\n|---|---|---|---|---|---|---|")
-        cells: dict[tuple, list[str]] = {}
-        for family, k, name, _, ms, gap in solver_table(cfg["solver_ks"], cfg["solver_ks"][-1], device):
-            cells.setdefault((family, k, name), []).extend([f"{ms:.1f}", "" if math.isnan(gap) else f"{gap:.1e}"])
-        for (family, k, name), values in cells.items():
-            print(f"| {family} | {k} | {name} | " + " | ".join(values) + " |")
+              f"< 0: ours lower; viol: EPO's largest constraint violation)\n")
+        print("| Gramian | K | solver | ms | gap | viol |\n|---|---|---|---|---|---|")
+        for family, k, name, ms, gap, violation in solver_table(cfg["solver_ks"], device):
+            print(f"| {family} | {k} | {name} | {ms:.1f} | {gap:.1e} | {violation:.1e} |")
         sys.stdout.flush()
     if "fidelity" not in skip:
         on = "" if device.type == "cpu" else f", on {device}"

@@ -10,10 +10,11 @@ from typing import Literal
 from transformers import TrainingArguments
 
 from .losses import LOSSES, build_loss
+from .moo.solvers import SOLVERS, Solver, build_solver
 
-SOLVER_NAMES = ("cagrad", "mgda", "epo")
 PLAIN_FRAMEWORK_KEYS = ("moo_until_epoch", "sam_rho", "vc_weight")
 """The keys that ``moo_framework: plain`` sets itself (see :func:`check_plain_framework`)."""
+
 ANCHORS = ("class_prior", "uniform")
 GRADIENT_METHODS = ("auto", "loop", "batched", "sketch", "per_sample_split")
 
@@ -38,10 +39,13 @@ class PLOTConfig(TrainingArguments):
         > Parameters that control the multi-objective solver
 
         moo_solver (`str`, *optional*, defaults to `"cagrad"`):
-            Solver of `plot_hf.moo.SOLVERS` that turns the Gramian of the class gradients into class coefficients:
-            `"cagrad"`, `"mgda"` or `"epo"`.
+            Name in `plot_hf.moo.SOLVERS` of the solver that turns the Gramian of the class gradients into class
+            coefficients: `"cagrad"`, `"mgda"`, `"epo"`, or one added with `plot_hf.moo.register_solver`.
+        moo_solver_kwargs (`dict` or `None`, *optional*, defaults to `None`):
+            Hyperparameters of the solver, the keyword arguments of its class (e.g. `{"eps": 1e-3}` for
+            `plot_hf.moo.solvers.EPO`); checked when the config is built.
         cagrad_alpha (`float`, *optional*, defaults to `0.5`):
-            CAGrad's conflict-aversion radius `c = alpha * ||g0||`.
+            CAGrad's conflict-aversion radius `c = alpha * ||g0||` (its `alpha`; used when `moo_solver` is `"cagrad"`).
         cagrad_rescale (`int`, *optional*, defaults to `1`):
             CAGrad's rescaling of the direction: 0 none, 1 `/(1 + alpha^2)` (reference), 2 `/(1 + alpha)`.
         moo_anchor (`str`, *optional*, defaults to `"class_prior"`):
@@ -173,8 +177,11 @@ class PLOTConfig(TrainingArguments):
     """
 
     moo_until_epoch: float = field(default=30.0, metadata={"help": "Epoch E at which MOO stops; 0 disables PLOT."})
-    moo_solver: Literal["cagrad", "mgda", "epo"] = field(
-        default="cagrad", metadata={"help": "MOO solver.", "choices": list(SOLVER_NAMES)}
+    moo_solver: str = field(  # a str, not a Literal: solvers registered later are valid choices
+        default="cagrad", metadata={"help": f"MOO solver, a name of plot_hf.moo.SOLVERS ({', '.join(SOLVERS)})."}
+    )
+    moo_solver_kwargs: dict | None = field(
+        default=None, metadata={"help": "Hyperparameters of the solver (keyword arguments of its class)."}
     )
     cagrad_alpha: float = field(default=0.5, metadata={"help": "CAGrad's alpha (c = alpha * ||g0||)."})
     cagrad_rescale: int = field(default=1, metadata={"help": "CAGrad rescale: 0 none, 1 /(1+a^2), 2 /(1+a)."})
@@ -252,18 +259,22 @@ class PLOTConfig(TrainingArguments):
 
         if not (self.moo_until_epoch >= 0 and not math.isnan(self.moo_until_epoch)):
             fail("moo_until_epoch", self.moo_until_epoch, "it must be >= 0 (0 switches PLOT off)")
-        if self.moo_solver not in SOLVER_NAMES:
-            fail("moo_solver", self.moo_solver, f"choose one of {SOLVER_NAMES}")
+        if self.moo_solver not in SOLVERS:
+            fail("moo_solver", self.moo_solver, f"choose one of {SOLVERS.names()}")
+        if self.moo_solver_kwargs is not None and not isinstance(self.moo_solver_kwargs, dict):
+            fail("moo_solver_kwargs", self.moo_solver_kwargs, "give a dict of the solver's hyperparameters, or None")
+        try:
+            self.build_solver()
+        except ValueError as error:  # name the config key that set the bad hyperparameter
+            keys = {**SOLVERS[self.moo_solver].config_keys, **dict.fromkeys(self.moo_solver_kwargs or {}, "moo_solver_kwargs")}
+            key = next((k for name, k in keys.items() if f"`{name}`" in str(error)), "moo_solver_kwargs")
+            fail(key, getattr(self, key), f"solver `{self.moo_solver}` says: {str(error).rstrip('.')}")
         if self.moo_anchor not in ANCHORS:
             fail("moo_anchor", self.moo_anchor, f"choose one of {ANCHORS}")
         if self.moo_gradient_method not in GRADIENT_METHODS:
             fail("moo_gradient_method", self.moo_gradient_method, f"choose one of {GRADIENT_METHODS}")
         if self.moo_ddp_reduce not in ("gradients", "gramian"):
             fail("moo_ddp_reduce", self.moo_ddp_reduce, "choose 'gradients' (exact) or 'gramian' (cheap)")
-        if self.cagrad_alpha < 0:
-            fail("cagrad_alpha", self.cagrad_alpha, "it must be >= 0")
-        if self.cagrad_rescale not in (0, 1, 2):
-            fail("cagrad_rescale", self.cagrad_rescale, "choose 0, 1 or 2")
         if self.sam_rho < 0:
             fail("sam_rho", self.sam_rho, "it must be >= 0")
         if not 0.0 <= self.sam_keep_fraction <= 1.0:
@@ -340,6 +351,16 @@ class PLOTConfig(TrainingArguments):
                              f"{error}") from None
         if self.m2m is not None and not isinstance(self.m2m, dict):
             raise ValueError(f"`m2m` must be a mapping of plot_hf.m2m.M2mConfig fields or None, got {self.m2m!r}.")
+
+    def solver_hyperparameters(self) -> dict:
+        """The chosen solver's hyperparameters: the config fields its class names in ``config_keys`` (CAGrad's
+        `cagrad_alpha`, `cagrad_rescale`), then `moo_solver_kwargs`."""
+        keys = SOLVERS[self.moo_solver].config_keys
+        return {name: getattr(self, key) for name, key in keys.items()} | dict(self.moo_solver_kwargs or {})
+
+    def build_solver(self) -> Solver:
+        """The solver of `moo_solver` built from :meth:`solver_hyperparameters`."""
+        return build_solver(self.moo_solver, **self.solver_hyperparameters())
 
     @property
     def plot_enabled(self) -> bool:

@@ -60,7 +60,8 @@ def forbid_host_reads(allow: tuple[str, ...] = ()):
     On an accelerator each of these is a device-to-host synchronisation: ``item``, ``tolist``, ``bool`` /
     ``float`` / ``int`` of a tensor, ``nonzero`` / ``unique`` / ``masked_select`` (data-dependent shapes),
     and indexing with a boolean mask or a 0-d tensor (PyTorch reads such an index as an integer).
-    ``allow``: names of these (e.g. ``"unique"``) to leave alone.
+    ``allow``: names of these (e.g. ``"unique"``) to leave alone. Yields a handle whose ``lifted()`` context
+    lifts the ban for a block (e.g. the solver's one copy of the Gramian to the host, by design).
     """
     saved: list[tuple[object, str, object]] = []
 
@@ -90,8 +91,21 @@ def forbid_host_reads(allow: tuple[str, ...] = ()):
         if name not in allow:
             patch(torch, name, refuse(f"torch.{name}"))
     patch(torch.Tensor, "__getitem__", getitem)
+
+    class Handle:
+        @contextmanager
+        def lifted(self):
+            bans = [(owner, name, getattr(owner, name)) for owner, name, _ in saved]
+            for owner, name, value in saved:
+                setattr(owner, name, value)
+            try:
+                yield
+            finally:
+                for owner, name, value in bans:
+                    setattr(owner, name, value)
+
     try:
-        yield
+        yield Handle()
     finally:
         for owner, name, value in reversed(saved):
             setattr(owner, name, value)

@@ -1,25 +1,25 @@
-"""EPO's LP solver ``solve_simplex_lp`` against HiGHS (``scipy.optimize.linprog``) on LPs of the EPO shape.
+"""EPO's LP solver ``solve_simplex_lp`` (a dual simplex method on the host) against HiGHS
+(``scipy.optimize.linprog``) on LPs of the EPO shape.
 
 The LPs: ``argmax cost^T x`` over ``{x >= 0, sum x = 1, M x >= h}``. A feasible LP must give a vertex whose
 objective is within 1e-6 (relative; with an absolute floor of 1e-9 max|cost| for optima at 0) of the HiGHS
 optimum and that satisfies every row to 1e-9 of its scale ``max(max_j |M_kj|, |h_k|)``; an infeasible LP
-must give None. SciPy is a test-only reference: the solver itself never imports it.
+must give None. SciPy is a test-only reference: the solver itself never imports it. These functions take
+float64 CPU tensors (the solvers copy the Gramian to the host first).
 """
 
 from __future__ import annotations
-
-import os
 
 import numpy as np
 import pytest
 import torch
 from scipy.optimize import linprog
 
-from plot_hf.moo.solvers import _epo as epo_module
+from plot_hf.moo.solvers import _simplex_lp as lp_module
 from plot_hf.moo.solvers import epo_lp, solve_simplex_lp
 from plot_hf.moo.solvers._epo import _adjustments
 
-DEVICE = torch.device(os.environ.get("PLOT_HF_TEST_DEVICE", "cpu"))
+DEVICE = torch.device("cpu")
 
 
 def highs(cost: np.ndarray, m: np.ndarray, h: np.ndarray) -> tuple[int, float]:
@@ -324,7 +324,7 @@ def scaled_lp(k: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tens
 def test_rebuilt_tableau_matches_the_pivoted_one(monkeypatch: pytest.MonkeyPatch) -> None:
     cost, mat, rhs = scaled_lp(30, 1)
     seen = {}
-    run = epo_module._dual_simplex
+    run = lp_module._dual_simplex
 
     def spy(tab, rows, cols, max_pivots, certify):
         seen["start"] = (tab.clone(), list(rows), list(cols))
@@ -332,10 +332,10 @@ def test_rebuilt_tableau_matches_the_pivoted_one(monkeypatch: pytest.MonkeyPatch
         seen["end"] = (tab, rows, cols)
         return result
 
-    monkeypatch.setattr(epo_module, "_dual_simplex", spy)
+    monkeypatch.setattr(lp_module, "_dual_simplex", spy)
     assert solve_simplex_lp(cost, mat, rhs) is not None
     for tab, rows, cols in seen.values():
-        rebuilt = epo_module._tableau(mat, rhs, cost, rows, cols)
+        rebuilt = lp_module._tableau(mat, rhs, cost, rows, cols)
         torch.testing.assert_close(rebuilt[:, :-1], tab[:, :-1], atol=1e-9, rtol=0)  # T and d
         torch.testing.assert_close(rebuilt[:-1, -1], tab[:-1, -1], atol=1e-9, rtol=0)  # beta
 
@@ -343,17 +343,17 @@ def test_rebuilt_tableau_matches_the_pivoted_one(monkeypatch: pytest.MonkeyPatch
 def test_infeasibility_is_certified_from_the_data(monkeypatch: pytest.MonkeyPatch) -> None:
     cost, mat, rhs = scaled_lp(20, 2)
     verdicts = []
-    certify = epo_module._certifies_infeasibility
+    certify = lp_module._certifies_infeasibility
 
     def spy(*args):
         verdicts.append(certify(*args))
         return verdicts[-1]
 
-    monkeypatch.setattr(epo_module, "_certifies_infeasibility", spy)
+    monkeypatch.setattr(lp_module, "_certifies_infeasibility", spy)
     impossible = torch.cat([mat, mat[:1]]), torch.cat([rhs, mat[0].max().reshape(1) + 0.5])
     assert solve_simplex_lp(cost, *impossible) is None
     assert verdicts == [True]
     # an unconfirmed claim (as after rounding errors) rebuilds the tableau, then gives up: None, no crash
-    monkeypatch.setattr(epo_module, "_certifies_infeasibility", lambda *args: False)
+    monkeypatch.setattr(lp_module, "_certifies_infeasibility", lambda *args: False)
     assert solve_simplex_lp(cost, *impossible) is None
     assert solve_simplex_lp(cost, mat, rhs) is not None  # a feasible LP never asks

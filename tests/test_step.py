@@ -3,8 +3,8 @@ full re-forward at the perturbed point, one backward per class, gradients writte
 
 from __future__ import annotations
 
+import contextlib
 import copy
-import warnings
 
 import pytest
 import timm
@@ -13,12 +13,11 @@ import torch.nn.functional as F
 
 import plot_hf  # noqa: F401
 from plot_hf.distributed import SingleProcess
-from plot_hf.moo import get_solver
 from plot_hf.moo.class_groups import frequency_groups, group_anchor_table
 from plot_hf.moo.gramian_sources import OnePassSplit, PerClassVJPs, SketchedGramian
 from plot_hf.moo.policies import Amortised, SolveEveryStep
-from plot_hf.moo.solvers import DegenerateGramianWarning
-from plot_hf.step import Solve
+from plot_hf.moo.solvers import CAGrad
+from plot_hf.step import _solve as solve_phase
 from plot_hf.trainer import class_prior_anchor
 
 from .helpers import Wrapper, forbid_host_reads
@@ -55,7 +54,7 @@ def _reference_step(model, x, y, counts, keep_fraction, stage="layer3"):
         rows.append(torch.cat([t.reshape(-1) for t in g]))
     G = torch.stack(rows)
     anchor = class_prior_anchor(counts)[classes].double()
-    coefficients = get_solver("cagrad")((G @ G.T).double(), anchor=anchor / anchor.sum(), alpha=0.5, rescale=1)
+    coefficients = CAGrad(alpha=0.5, rescale=1)((G @ G.T).double(), anchor=anchor / anchor.sum()).coefficients
     direction = torch.split(coefficients.float() @ G, [p.numel() for p in stage_params])
     with torch.no_grad():
         for p, s, e in zip(stage_params, saved, epsilon, strict=True):
@@ -73,11 +72,30 @@ class _Null:
         return False
 
 
+@contextlib.contextmanager
+def _reads_only_classes_and_the_solve(monkeypatch, host_reads: bool):
+    """Without ``host_reads``: every host read is an error but the classes present (``torch.unique``) and the
+    solve phase's call of :func:`plot_hf.moo.solvers.solve` (one copy of the Gramian, solved on the host)."""
+    if host_reads:
+        yield
+        return
+    with forbid_host_reads(allow=("unique",)) as ban:
+        real = solve_phase.solve
+
+        def solve(*args, **kwargs):
+            with ban.lifted():
+                return real(*args, **kwargs)
+
+        monkeypatch.setattr(solve_phase, "solve", solve)
+        yield
+
+
+
 @pytest.mark.parametrize(
     ("keep_fraction", "host_reads", "stage"),
     [(0.0, True, None), (0.5, True, None), (0.5, False, None), (0.0, True, "layer3.4")],
 )
-def test_plot_step_equals_reference_step(device, keep_fraction, host_reads, stage):
+def test_plot_step_equals_reference_step(device, keep_fraction, host_reads, stage, monkeypatch):
     """Also in the accelerators' mode (``host_reads=False``): the only value read on the host is the set of
     classes present (``torch.unique``); the solver, the finiteness gates and the diagnostics stay on the device.
     ``stage="layer3.4"``: the MOO parameters are the last block of the last stage (a module nested in it); the
@@ -96,7 +114,7 @@ def test_plot_step_equals_reference_step(device, keep_fraction, host_reads, stag
                       sam_rho=RHO, sam_keep_fraction=keep_fraction, vc_weight=VC)
     assert step.moo.stage_name == f"timm_model.{stage or 'layer3'}"
     assert isinstance(step.gramian_source, PerClassVJPs) and isinstance(step.policy, SolveEveryStep)
-    with _Null() if host_reads else forbid_host_reads(allow=("unique",)):
+    with _reads_only_classes_and_the_solve(monkeypatch, host_reads):
         clean, diagnostics = run_step(step, model, x, y)
     torch.testing.assert_close(clean, expected_clean)
     for name, p in model.named_parameters():
@@ -111,7 +129,7 @@ def test_plot_step_equals_reference_step(device, keep_fraction, host_reads, stag
     assert 0.0 <= diagnostics.conflict_fraction <= 1.0
 
 
-def test_amortised_steps_without_host_reads_equal_those_with(device):
+def test_amortised_steps_without_host_reads_equal_those_with(device, monkeypatch):
     """Amortised solving (``solve_every=2``: solve, reuse, solve) in the accelerators' mode reads nothing but
     the classes present and gives the gradients of the host-reading mode."""
     torch.manual_seed(0)
@@ -128,13 +146,13 @@ def test_amortised_steps_without_host_reads_equal_those_with(device):
         y = torch.tensor([i % 3, 1, 2, 3, 4, 5] * 4, device=device)
         for model, step, host_reads in zip(models, steps, (True, False), strict=True):
             model.zero_grad()
-            with _Null() if host_reads else forbid_host_reads(allow=("unique",)):
+            with _reads_only_classes_and_the_solve(monkeypatch, host_reads):
                 run_step(step, model, x, y)
         for (name, p), q in zip(models[0].named_parameters(), models[1].parameters(), strict=True):
             torch.testing.assert_close(q.grad, p.grad, rtol=1e-4, atol=1e-6, msg=f"step {i}: {name}")
 
 
-def test_epo_step_without_host_reads_equals_with(device):
+def test_epo_step_without_host_reads_equals_with(device, monkeypatch):
     """EPO in the accelerators' mode (its LPs by the interior-point method on the device, the fallback chain by
     ``torch.where``) reads nothing but the classes present and gives the host mode's gradients."""
     torch.manual_seed(1)
@@ -145,28 +163,25 @@ def test_epo_step_without_host_reads_equals_with(device):
     for model, host_reads in zip(models, (True, False), strict=True):
         step = build_step(model, [1] * 6, host_reads=host_reads, moo_solver="epo", moo_anchor="uniform",
                           moo_gradient_method="loop", sam_rho=RHO, vc_weight=VC)
-        with _Null() if host_reads else forbid_host_reads(allow=("unique",)):
+        with _reads_only_classes_and_the_solve(monkeypatch, host_reads):
             run_step(step, model, x, y)
     for (name, p), q in zip(models[0].named_parameters(), models[1].parameters(), strict=True):
         torch.testing.assert_close(q.grad, p.grad, rtol=1e-4, atol=1e-6, msg=name)
 
 
-def test_solve_phase_counts_degenerate_fallbacks_and_gives_nan_for_non_finite_input():
-    """The solve phase: a zero Gramian is a degenerate fallback (counted, not shown), both with host reads and
-    without (then a device tensor); a non-finite Gramian gives NaN coefficients (so the optimizer step is skipped)."""
-    solve = Solve("cagrad", {"alpha": 0.5, "rescale": 1}, class_prior_anchor([10, 5, 2]))
+def test_solve_phase_counts_degenerate_solves_and_gives_nan_for_non_finite_input():
+    """The solve phase: a zero Gramian is a degenerate solve (counted through the solver's flag); a non-finite
+    Gramian gives NaN coefficients (so the optimizer step is skipped); the anchor is the prior of the ids present."""
+    solve = solve_phase.Solve(CAGrad(alpha=0.5, rescale=1), class_prior_anchor([10, 5, 2]))
     ids, losses = torch.tensor([0, 2]), torch.tensor([0.3, 0.1])
     torch.testing.assert_close(solve.anchor(ids), (lambda a: a / a.sum())(class_prior_anchor([10, 5, 2])[ids]))
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", DegenerateGramianWarning)  # none escapes the phase
-        for host_reads in (True, False):
-            solved = solve(torch.zeros(2, 2), losses, ids, host_reads=host_reads)
-            assert float(solved.degenerate) == 1 and solved.coefficients.dtype == torch.float32
-            torch.testing.assert_close(solved.coefficients, torch.ones(2))
-            bad = solve(torch.tensor([[float("inf"), 0.0], [0.0, 1.0]]), losses, ids, host_reads=host_reads)
-            assert bool(torch.isnan(bad.coefficients).all())
-            good = solve(torch.tensor([[2.0, -0.5], [-0.5, 1.0]]), losses, ids, host_reads=host_reads)
-            assert float(good.degenerate) == 0 and bool(torch.isfinite(good.coefficients).all())
+    solved = solve(torch.zeros(2, 2), losses, ids)
+    assert solved.degenerate == 1 and solved.coefficients.dtype == torch.float32
+    torch.testing.assert_close(solved.coefficients, torch.ones(2))
+    bad = solve(torch.tensor([[float("inf"), 0.0], [0.0, 1.0]]), losses, ids)
+    assert bool(torch.isnan(bad.coefficients).all())
+    good = solve(torch.tensor([[2.0, -0.5], [-0.5, 1.0]]), losses, ids)
+    assert good.degenerate == 0 and bool(torch.isfinite(good.coefficients).all())
 
 
 @pytest.mark.parametrize(
@@ -198,13 +213,13 @@ def test_build_plot_step_chooses_policy_objectives_and_solve_from_the_config():
                        sam_keep_fraction=0.5, vc_weight=0.2)
     assert isinstance(plain.policy, SolveEveryStep) and plain.objective_ids.are_classes
     assert plain.objective_ids.num_ids == 6 and (plain.rho, plain.keep_fraction, plain.vc_weight) == (0.01, 0.5, 0.2)
-    assert plain.solve.solver_name == "cagrad" and plain.solve.solver_kwargs == {"alpha": 0.3, "rescale": 2}
+    assert isinstance(plain.solve.solver, CAGrad) and (plain.solve.solver.alpha, plain.solve.solver.rescale) == (0.3, 2)
     torch.testing.assert_close(plain.solve.anchor_table, class_prior_anchor(counts))
     grouped = build_step(model, counts, moo_solver="mgda", moo_class_groups=3, moo_solve_every=4, moo_anchor="uniform")
     assert isinstance(grouped.policy, Amortised) and grouped.policy.cache.every == 4
     assert grouped.objective_ids.num_ids == 3 and grouped.policy.cache.table.numel() == 3
     assert grouped.objective_ids(torch.tensor([0, 1, 2, 3, 4, 5])).tolist() == [0, 0, 1, 1, 2, 2]
-    assert grouped.solve.anchor_table is None and grouped.solve.solver_kwargs == {}
+    assert grouped.solve.anchor_table is None and repr(grouped.solve.solver).startswith("MGDA(")
     with_prior = build_step(model, counts, moo_class_groups=3)
     torch.testing.assert_close(with_prior.solve.anchor_table, group_anchor_table(class_prior_anchor(counts),
                                                                                   frequency_groups(counts, 3)))

@@ -5,18 +5,18 @@ from .gradients import conflict_fraction, flatten, gramian, per_class_gradients,
 from .objectives import per_class_objectives, variability_collapse_loss
 from .replay import StageReplay
 from .sam import all_finite, finite_sam_epsilon, gradient_is_finite, sam_epsilon
-from .solvers import SOLVERS, DegenerateGramianWarning, UnknownSolverError, get_solver, register_solver
+from .solvers import SOLVERS, Solver, SolverResult, build_solver, register_solver, solve
 from .surrogate import DirectionSlot, replace_gradient
 
 __all__ = [
     "SOLVERS",
-    "DegenerateGramianWarning",
     "DirectionSlot",
     "StageReplay",
-    "UnknownSolverError",
+    "Solver",
+    "SolverResult",
+    "build_solver",
     "conflict_fraction",
     "flatten",
-    "get_solver",
     "all_finite",
     "finite_sam_epsilon",
     "gradient_is_finite",
@@ -26,6 +26,7 @@ __all__ = [
     "register_solver",
     "replace_gradient",
     "sam_epsilon",
+    "solve",
     "unflatten",
     "variability_collapse_loss",
 ]

@@ -51,7 +51,7 @@ def build_plot_step(
         gramian_source=_gramian_source(config, method, model, moo, local_rows_only=local_rows_only),
         reducer=reducer,
         policy=coefficient_policy(config.moo_solve_every, objective_ids.num_ids),
-        solve=Solve(config.moo_solver, _solver_kwargs(config), anchor_table),
+        solve=Solve(config.build_solver(), anchor_table),
         rho=config.sam_rho,
         keep_fraction=config.sam_keep_fraction,
         vc_weight=config.vc_weight,
@@ -68,10 +68,3 @@ def _gramian_source(
     if method == "sketch":
         return SketchedGramian(config.moo_sketch_dim, chunk_size=config.moo_chunk_size)
     return PerClassVJPs(method, config.moo_chunk_size, config.moo_chunk_memory_mb, local_rows_only=local_rows_only)
-
-
-def _solver_kwargs(config: PLOTConfig) -> dict:
-    """The solver's hyperparameters in ``config`` (CAGrad: ``alpha``, ``rescale``)."""
-    if config.moo_solver == "cagrad":
-        return {"alpha": config.cagrad_alpha, "rescale": config.cagrad_rescale}
-    return {}

@@ -169,7 +169,7 @@ class PLOTStep:
             losses_at=point.losses_at,
             grad_scale=hooks.grad_scale,
         )
-        direction, solved = self._direction(problem, scope.classes, host_reads)  # 5-6. Gramian, solve
+        direction, solved = self._direction(problem, scope.classes)  # 5-6. Gramian, solve
         vc = self._apply(direction, point, class_labels, scope, hooks)  # 7. apply
         self._keep(epsilon)  # 8. keep
         diagnostics = StepDiagnostics(
@@ -220,9 +220,7 @@ class PLOTStep:
     def _logits(self, overrides: dict[str, torch.Tensor], pixel_values: torch.Tensor) -> torch.Tensor:
         return logits_of(functional_call(self.model, overrides, args=(), kwargs={"pixel_values": pixel_values}))
 
-    def _direction(
-        self, problem: PerturbedObjectives, ids: torch.Tensor, host_reads: bool
-    ) -> tuple[torch.Tensor, Solved]:
+    def _direction(self, problem: PerturbedObjectives, ids: torch.Tensor) -> tuple[torch.Tensor, Solved]:
         """``d = G^T lambda`` (flat, float32): from ``G`` when the Gramian source formed it, else by one backward
         of ``sum_k lambda_k L_k``; scaled so that DDP's average over ranks is the global batch's direction."""
         if not self.policy.should_solve():  # the policy's stored coefficients; no Gramian this step
@@ -234,7 +232,7 @@ class PLOTStep:
                 matrix, gram, factor = None, found.gram, float(self.reducer.world_size)
             else:  # exact: sum G^r over ranks; cheap: sum the local Gramians (plot_hf.distributed)
                 matrix, gram, factor = self.reducer.gradients_and_gramian(found.matrix)
-            solved = self.solve(gram, self.reducer.summed(problem.objectives.detach()), ids, host_reads=host_reads)
+            solved = self.solve(gram, self.reducer.summed(problem.objectives.detach()), ids)
             self.policy.remember(ids, solved.coefficients)
             self._last_conflict = conflict_fraction(gram).detach()  # a tensor: read when the trainer logs
         values = list(problem.values.values())

@@ -18,7 +18,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from plot_hf.moo import get_solver, per_class_gradients  # noqa: E402
+from plot_hf.moo import build_solver, per_class_gradients  # noqa: E402
 from plot_hf.trainer import resolve_moo_parameters  # noqa: E402
 from tests.helpers import tiny_model  # noqa: E402
 
@@ -62,10 +62,10 @@ def main(num_classes: int = 10, batch: int = 128, trials: int = 4) -> dict:
             key = f"gram_rel_err/W{world}"
             results.setdefault(key, []).append(float((cheap_gram - exact_gram).norm() / exact_gram.norm()))
             for name in ("cagrad", "mgda"):
-                solver = get_solver(name)
-                kwargs = {"anchor": anchor, "alpha": 0.5, "rescale": 1} if name == "cagrad" else {}
-                exact = solver(exact_gram, losses=None, **kwargs) @ total
-                cheap = solver(cheap_gram, losses=None, **kwargs) @ total
+                solver = build_solver(name, **({"alpha": 0.5, "rescale": 1} if name == "cagrad" else {}))
+                kwargs = {"anchor": anchor} if name == "cagrad" else {}
+                exact = solver(exact_gram, **kwargs).coefficients @ total
+                cheap = solver(cheap_gram, **kwargs).coefficients @ total
                 cosine = torch.nn.functional.cosine_similarity(exact, cheap, dim=0)
                 results.setdefault(f"cosine_{name}/W{world}", []).append(float(cosine))
         model.zero_grad()

@@ -1,52 +1,40 @@
 """Multi-objective solvers: each maps the K x K Gramian of per-class gradients to K coefficients.
 
-``SOLVERS[name](gramian, *, losses=None, anchor=None, **hyperparameters)`` returns ``lambda`` (K,) in the
-Gramian's dtype and device; the update direction is ``G^T lambda`` and ``ones(K)`` is the plain gradient.
+A solver is a small object built from its hyperparameters; ``solver(gramian, *, losses=None, anchor=None)``
+returns a :class:`SolverResult` ``(coefficients, degenerate)``: ``lambda`` (K,) in the Gramian's dtype and on
+its device (the update direction is ``G^T lambda``; ``ones(K)`` is the plain gradient) and whether the input
+was degenerate (then ``lambda = ones(K)``). Each call copies the Gramian once to the host and solves in
+float64 there, stopping at convergence. The PLOT step calls :func:`solve`.
 
-- ``cagrad``: CAGrad's dual by a primal-dual interior-point method on its cone form, certified by the
-  duality gap (on a CPU for K >= 400, on working sets of classes, certified on the whole problem);
-- ``mgda``: the min-norm point by a primal-dual interior-point method;
-- ``epo``: EPO's linear programs by a dual simplex method on the host, or an interior-point method on the
-  device.
+- :class:`CAGrad` (``"cagrad"``): CAGrad's dual by a primal-dual interior-point method on its cone form,
+  certified by the duality gap;
+- :class:`MGDA` (``"mgda"``): the min-norm point by a primal-dual interior-point method;
+- :class:`EPO` (``"epo"``): EPO's linear programs by a dense dual simplex method.
 
-All run in float64, without SciPy. All three take ``early_exit``: where
-host reads are allowed (default: CPU tensors) they check their arguments, warn about degenerate input and stop at
-convergence; elsewhere (default on accelerators) they run a fixed budget of iterations with no host read at all
-and return ``ones(K)`` for degenerate input through ``torch.where`` (``epo`` then solves its LPs by the
-interior-point method, on the Gramian's device; with host reads, by the dual simplex method on the host).
+:data:`SOLVERS` maps the names to the classes; :func:`register_solver` adds one, :func:`build_solver` builds
+one by name with hyperparameters checked.
 """
 
-from ._cagrad import cagrad, cagrad_objective
-from ._epo import epo, epo_lp, epo_lp_on_device, solve_simplex_lp
-from ._mgda import mgda, min_norm_weights
-from ._registry import (
-    SOLVERS,
-    DegenerateGramianWarning,
-    Solver,
-    SolverRegistry,
-    UnknownSolverError,
-    degenerate_gramian,
-    get_solver,
-    register_solver,
-)
-from ._simplex import project_simplex
+from ._base import SOLVERS, HostProblem, Solver, SolverResult, build_solver, register_solver, solve, to_host
+from ._cagrad import CAGrad, cagrad_objective
+from ._epo import EPO, epo_lp
+from ._mgda import MGDA, min_norm_weights
+from ._simplex_lp import solve_simplex_lp
 
 __all__ = [
+    "EPO",
+    "MGDA",
     "SOLVERS",
-    "DegenerateGramianWarning",
+    "CAGrad",
+    "HostProblem",
     "Solver",
-    "SolverRegistry",
-    "UnknownSolverError",
-    "cagrad",
+    "SolverResult",
+    "build_solver",
     "cagrad_objective",
-    "degenerate_gramian",
-    "epo",
     "epo_lp",
-    "epo_lp_on_device",
-    "get_solver",
-    "mgda",
     "min_norm_weights",
-    "project_simplex",
     "register_solver",
+    "solve",
     "solve_simplex_lp",
+    "to_host",
 ]

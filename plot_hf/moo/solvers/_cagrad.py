@@ -15,18 +15,12 @@ as the reference does before writing it into ``.grad``.
 
 Departures from the reference code.
 - The reference solves with SciPy SLSQP (finite-difference gradients, default tolerance ``ftol=1e-6``
-  absolute) on the CPU. Here: a primal-dual interior-point method on the second-order cone form of the
-  dual (Mehrotra predictor-corrector with Nesterov-Todd scaling, one Cholesky factorisation per iteration;
-  see :mod:`plot_hf.moo.solvers._cagrad_ipm`), float64, on the Gramian's device, stopped by a certified
-  duality gap (relative ``tol``). Its speed does not depend on the conditioning of ``A``: per-class
-  Gramians late in training (gradient norms over several decades, condition numbers ~1e9, where 300
-  FISTA iterations left objective gaps of up to 400%) take 10-17 iterations, as well-conditioned ones do.
-  The result is at least as good as a multi-start SLSQP solve and matches Clarabel's interior-point
-  solution of the conic form (see the tests). On a CPU, from K = 400 on, it runs on working sets of
-  classes (see :func:`_solve_dual`): the optimum is sparse (22-140 of 1000 classes on the benchmark Gramians).
+  absolute). Here: a primal-dual interior-point method on the second-order cone form of the dual
+  (:mod:`plot_hf.moo.solvers._cagrad_ipm`), float64 on the host, stopped by a certified duality gap
+  (relative ``tol``). Its iteration count does not depend on the conditioning of ``A``: per-class Gramians
+  late in training (gradient norms over several decades) take as few iterations as well-conditioned ones.
 - The reference starts SLSQP from the anchor (``x_start = per_weight``) and also uses it as ``b``; we
   start from the uniform weights (an interior point), which only affects speed: the problem is convex.
-- Degenerate Gramians (K = 1, zero, non-finite) give ``ones(K)`` and a ``DegenerateGramianWarning``.
 """
 
 from __future__ import annotations
@@ -36,93 +30,53 @@ import math
 import torch
 from torch import Tensor
 
-from ._cagrad_ipm import _EPS, cagrad_dual_ipm
-from ._cagrad_working_set import cagrad_dual_working_set
-from ._registry import finish, prepare, register_solver
-from ._simplex import host_sync_allowed
-from ._working_set import WORKING_SET_MIN_K
+from ._base import Solver, register_solver
+from ._cagrad_ipm import _EPS, cagrad_dual
+from ._checks import check_number
 
-__all__ = ["cagrad", "cagrad_objective"]
-
-# interior-point iterations: stopping at convergence (9-17 at tol = 1e-9 on the benchmark families, up to
-# ~35 on near-degenerate inputs), and the fixed budget of the sync-free mode (1e-5 relative accuracy takes
-# at most 18 on the benchmark families and 20 on harder ones; ~8,000 torch operations per call)
-_MAX_ITER_EARLY_EXIT = 60
-_MAX_ITER_SYNC_FREE = 24
+__all__ = ["CAGrad", "cagrad_objective"]
 
 
 def cagrad_objective(w: Tensor, gramian: Tensor, anchor: Tensor, c: float | Tensor) -> Tensor:
-    """The dual objective ``w^T A b + c * sqrt(w^T A w + 1e-8)`` (for checks and tests)."""
+    """The dual objective ``w^T A b + c * sqrt(w^T A w + 1e-8)``."""
     return w @ gramian @ anchor + c * torch.sqrt((w @ gramian @ w).clamp_min(0.0) + _EPS)
 
 
-def _solve_dual(
-    a: Tensor, anchor: Tensor, c: Tensor | float, max_iter: int, tol: float, early_exit: bool | None = None
-) -> Tensor:
-    """The dual weights ``w*`` (on the simplex) for a float64 PSD ``a``: at most ``max_iter`` interior-point
-    iterations, stopped (where ``early_exit``, default on a CPU) once ``F(w) - F* <= tol * scale`` is
-    certified (see :func:`~plot_hf.moo.solvers._cagrad_ipm.cagrad_dual_ipm`).
-
-    Where host reads are allowed and ``K >= 400`` (one Cholesky factorisation per interior-point iteration
-    costs ~7 ms at K = 1000 on a CPU core), the method runs on a working set of classes, grown by pricing
-    the others with the restricted dual and certified on the whole problem
-    (:func:`~plot_hf.moo.solvers._cagrad_working_set.cagrad_dual_working_set`); on the whole problem when
-    that set would exceed half of the classes.
-    """
-    if a.shape[0] >= WORKING_SET_MIN_K and host_sync_allowed(a, early_exit):
-        w = cagrad_dual_working_set(a, anchor, c, max_iter=max_iter, tol=tol)
-        if w is not None:
-            return w
-    return cagrad_dual_ipm(a, anchor, c, max_iter=max_iter, tol=tol, early_exit=early_exit)
-
-
 @register_solver("cagrad")
-def cagrad(
-    gramian: Tensor,
-    *,
-    losses: Tensor | None = None,
-    anchor: Tensor | None = None,
-    alpha: float = 0.5,
-    rescale: int = 1,
-    max_iter: int | None = None,
-    tol: float = 1e-9,
-    early_exit: bool | None = None,
-) -> Tensor:
-    """CAGrad coefficients ``lambda`` (K,) for the Gramian ``G G^T``; ``losses`` is accepted and unused.
+class CAGrad(Solver):
+    """CAGrad's coefficients (see the module); reads the anchor, not the losses.
 
-    ``max_iter``: interior-point iterations (default 60 when the loop stops at convergence, which takes
-    9-17 on typical and ill-conditioned Gramians alike; 24 as the fixed budget of the sync-free mode, about
-    8,000 torch operations whatever K). ``tol``: relative accuracy of the certified objective gap
-    (``F(w) - F* <= tol * max(|w^T A b| + c ||G^T w||, c sqrt(mean diag A))``). ``early_exit``: read values
-    on the host (argument checks, degenerate-input warnings, stopping at convergence); default: on a CPU
-    only, so that on an accelerator the solve is a fixed sequence of kernels with no host synchronisation.
+    Args:
+        alpha: the conflict-aversion radius, ``c = alpha * ||g0||`` (>= 0; 0 gives the plain ``ones(K)``).
+        rescale: division of the direction: 0 none, 1 ``1 + alpha^2`` (reference), 2 ``1 + alpha``.
+        tol: relative accuracy of the certified objective gap of the dual (> 0).
+        max_iter: interior-point iterations at most (>= 1; 9-17 reach ``tol = 1e-9`` on typical and
+            ill-conditioned Gramians alike).
 
     Example:
         >>> import torch
-        >>> from plot_hf.moo.solvers import cagrad
-        >>> cagrad(torch.tensor([[1.0, -0.5], [-0.5, 1.0]]))
-        tensor([1.2000, 1.2000])
+        >>> from plot_hf.moo.solvers import CAGrad
+        >>> solver = CAGrad(alpha=0.5)
+        >>> solver
+        CAGrad(alpha=0.5, rescale=1, tol=1e-09, max_iter=60)
+        >>> solver(torch.tensor([[1.0, -0.5], [-0.5, 1.0]]))
+        SolverResult(coefficients=tensor([1.2000, 1.2000]), degenerate=False)
     """
-    if not (isinstance(alpha, int | float) and math.isfinite(alpha) and alpha >= 0):
-        raise ValueError(f"`alpha` must be a finite number >= 0, got {alpha!r}.")
-    if rescale not in (0, 1, 2):
-        raise ValueError(f"`rescale` must be one of (0, 1, 2), got {rescale!r}.")
-    sync = host_sync_allowed(gramian, early_exit)
-    max_iter = max_iter if max_iter is not None else (_MAX_ITER_EARLY_EXIT if sync else _MAX_ITER_SYNC_FREE)
-    _check_accuracy(max_iter, tol)
-    problem = prepare(gramian, anchor=anchor, losses=losses, check_values=sync)
-    if problem.fallback is not None:
-        return problem.fallback
-    a, k = problem.gramian, gramian.shape[0]
-    c = alpha * torch.sqrt(a.mean() + _EPS) + _EPS
-    w = _solve_dual(a, problem.anchor, c, max_iter, tol, sync)
-    gw_norm = torch.sqrt((w @ a @ w).clamp_min(0.0))
-    scale = {0: 1.0, 1: 1.0 + alpha**2, 2: 1.0 + alpha}[rescale]
-    return finish((1.0 + k * c / (gw_norm + _EPS) * w) / scale, gramian, problem.degenerate)
 
+    config_keys = {"alpha": "cagrad_alpha", "rescale": "cagrad_rescale"}
 
-def _check_accuracy(max_iter: int | None, tol: float) -> None:
-    if max_iter is not None and not (isinstance(max_iter, int) and max_iter >= 1):
-        raise ValueError(f"`max_iter` must be an integer >= 1, got {max_iter!r}.")
-    if not (isinstance(tol, int | float) and tol > 0):
-        raise ValueError(f"`tol` must be a number > 0, got {tol!r}.")
+    def __init__(self, alpha: float = 0.5, rescale: int = 1, tol: float = 1e-9, max_iter: int = 60):
+        self.alpha = check_number("alpha", alpha, minimum=0.0)
+        if rescale not in (0, 1, 2) or isinstance(rescale, bool):
+            raise ValueError(f"`rescale` must be one of (0, 1, 2), got {rescale!r}.")
+        self.rescale = rescale
+        self.tol = check_number("tol", tol, minimum=0.0, strict=True)
+        self.max_iter = check_number("max_iter", max_iter, minimum=1, integer=True)
+
+    def weights(self, gramian: Tensor, anchor: Tensor, losses: Tensor | None) -> Tensor:
+        k = gramian.shape[0]
+        c = self.alpha * math.sqrt(max(float(gramian.mean()), 0.0) + _EPS) + _EPS
+        w = cagrad_dual(gramian, anchor, c, max_iter=self.max_iter, tol=self.tol)
+        gw_norm = math.sqrt(max(float(w @ gramian @ w), 0.0))
+        scale = (1.0, 1.0 + self.alpha**2, 1.0 + self.alpha)[self.rescale]
+        return (1.0 + k * c / (gw_norm + _EPS) * w) / scale

@@ -41,10 +41,9 @@ at the size of ``c ||g_k||`` for ``F* ~ 0``).
 Iterations to ``tol = 1e-9``: 9-17 on the benchmark families whatever the conditioning of ``A`` (gradient
 norms over 4.5 decades, condition numbers ~1e9), about 20 where the optimum sits at the kink of the norm
 (0 in the hull of the gradients and a large ``c``), where Newton's method on ``F`` itself (or on ``F``
-smoothed by the cone's barrier) can stall. No tensor value is read on the host: converged (or failed)
-iterations change nothing, and the best iterate by ``F`` is returned; where host reads are allowed (CPU
-default) the loop stops at convergence. Everything runs in float64 on ``A``'s device, in units where
-``mean diag A = 1`` (the iterates do not depend on the units).
+smoothed by the cone's barrier) can stall. The loop stops at convergence, or when a step fails (a failed
+Cholesky factorisation or a non-finite direction), and returns the best iterate by ``F``. Everything runs in
+float64 on the host, in units where ``mean diag A = 1`` (the iterates do not depend on the units).
 """
 
 from __future__ import annotations
@@ -54,9 +53,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from ._simplex import host_sync_allowed
-
-__all__ = ["DualSolution", "cagrad_dual_ipm", "dual_bound", "solve_cagrad_dual"]
+__all__ = ["cagrad_dual"]
 
 _EPS = 1e-8  # CAGrad's regulariser inside the square root
 _FRACTION_TO_BOUNDARY = 0.97
@@ -83,102 +80,65 @@ class _Problem(NamedTuple):
 
 
 class _State(NamedTuple):
-    """The iterate: rows ``(w, z1, zeta)``, scalars ``(t, y, zeta_d)``; the best ``w`` by ``F``; frozen?"""
+    """The iterate: rows ``(w, z1, zeta)``, scalars ``(t, y, zeta_d)``."""
 
     vectors: Tensor  # (3, K)
     scalars: Tensor  # (3,)
-    best_w: Tensor
-    best_f: Tensor
-    done: Tensor
 
 
-def cagrad_dual_ipm(
-    a: Tensor,
-    anchor: Tensor,
-    c: Tensor | float,
-    *,
-    max_iter: int,
-    tol: float,
-    early_exit: bool | None = None,
-) -> Tensor:
+def cagrad_dual(a: Tensor, anchor: Tensor, c: float, *, max_iter: int, tol: float) -> Tensor:
     """``argmin_{w in simplex} w^T A b + c sqrt(w^T A w + 1e-8)`` for a float64 PSD ``a`` and a probability
     vector ``anchor`` (``b``), by the interior-point method of this module; no argument checks.
 
-    ``max_iter``: the iteration budget; ``tol``: relative accuracy of the certificate (see the module);
-    ``early_exit``: stop at convergence (reads one flag per iteration on the host; default: on a CPU only).
-    Returns the best iterate by ``F`` (clamped at 0 and renormalised onto the simplex).
+    ``max_iter``: the iteration cap; ``tol``: relative accuracy of the certificate (see the module). Returns
+    the best iterate by ``F`` (clamped at 0 and renormalised onto the simplex).
     """
-    stop_early = host_sync_allowed(a, early_exit)
-    return solve_cagrad_dual(a, a @ anchor, c, a.diagonal().mean(), max_iter=max_iter, tol=tol,
-                             stop_early=stop_early).w
-
-
-def dual_bound(ab: Tensor, a_zeta: Tensor, zeta_a_zeta: Tensor, c: Tensor, delta: Tensor) -> tuple[Tensor, Tensor]:
-    """``(terms, D)``: the certificate ``D(rho zeta) = min_k terms_k + delta sqrt(c^2 - rho^2 zeta^T A zeta)``
-    with ``terms = A b - rho A zeta`` and ``rho = min(1, c / sqrt(zeta^T A zeta))`` (so that ``rho^2 zeta^T A
-    zeta <= c^2``): a lower bound on ``F*`` for any ``zeta`` (weak duality, see the module)."""
-    rho = torch.clamp(c / torch.sqrt(zeta_a_zeta), max=1.0)
-    terms = ab - rho * a_zeta
-    return terms, terms.min() + delta * torch.sqrt((c * c - zeta_a_zeta).clamp_min(0.0))
-
-
-class DualSolution(NamedTuple):
-    """``w``: the best iterate by ``F`` (on the simplex); ``zeta``: the last iterate's dual vector, whose
-    bound ``D(zeta)`` (see the module) certifies ``w``."""
-
-    w: Tensor
-    zeta: Tensor
-
-
-def solve_cagrad_dual(
-    a: Tensor, ab: Tensor, c: Tensor | float, scale: Tensor, *, max_iter: int, tol: float, stop_early: bool
-) -> DualSolution:
-    """The interior-point method on the problem with data ``A`` and ``A b`` given apart (``ab``: a restricted
-    problem ``A_SS``, ``(A b)_S`` keeps the full anchor), in units where ``scale`` (``mean diag A`` of the
-    full problem, so that tolerances mean the same for a restricted one) is 1."""
-    k, dtype, device = a.shape[0], a.dtype, a.device
-    scale = scale.clamp_min(torch.finfo(dtype).tiny)
-    a, ab = a / scale, ab / scale  # units: mean diag A = 1
-    c = c.to(dtype=dtype, device=device) if isinstance(c, Tensor) else torch.full((), c, dtype=dtype, device=device)
-    c = (c / torch.sqrt(scale)).clamp_min(torch.finfo(dtype).tiny)
-    eye3 = torch.eye(3, dtype=dtype, device=device)  # built on the device: no host-to-device copy
+    k, dtype = a.shape[0], a.dtype
+    scale = a.diagonal().mean().clamp_min(torch.finfo(dtype).tiny)
+    a, ab = a / scale, (a @ anchor) / scale  # units: mean diag A = 1
+    c = (torch.tensor(c, dtype=dtype) / torch.sqrt(scale)).clamp_min(torch.finfo(dtype).tiny)
+    eye3 = torch.eye(3, dtype=dtype)
     eps = _EPS / scale
     problem = _Problem(
-        a=a,
-        ab=ab,
-        c=c,
-        c2=c * c,
-        two_c=c + c,
-        delta=torch.sqrt(eps),
-        eps=eps,
-        tol=tol,
-        nu=float(k + 1),
-        ones=torch.ones(k, dtype=dtype, device=device),
-        basis_3=eye3[2],
-        minus_2z=-2.0 * eye3[1],
+        a=a, ab=ab, c=c, c2=c * c, two_c=c + c, delta=torch.sqrt(eps), eps=eps, tol=tol, nu=float(k + 1),
+        ones=torch.ones(k, dtype=dtype), basis_3=eye3[2], minus_2z=-2.0 * eye3[1],
     )
     # feasible start: 1^T w = 1, s = (t, R w, delta) inside Q, z1 = A b + y - A zeta > 0, (c, R zeta, zeta_d) in Q
-    w = torch.full((k,), 1.0 / k, dtype=dtype, device=device)
+    w = torch.full((k,), 1.0 / k, dtype=dtype)
     t = torch.sqrt(w @ (a @ w) + eps) + _START_T
     y = _START_Z - ab.min()
-    state = _State(
-        vectors=torch.stack([w, ab + y, torch.zeros_like(w)]),
-        scalars=torch.stack([t, y, torch.zeros_like(t)]),
-        best_w=w,
-        best_f=torch.full((), torch.inf, dtype=dtype, device=device),
-        done=torch.zeros((), dtype=torch.bool, device=device),
-    )
+    state = _State(torch.stack([w, ab + y, torch.zeros_like(w)]), torch.stack([t, y, torch.zeros_like(t)]))
+    best_w, best_f = w, float("inf")
     for _ in range(max_iter):
-        state = _iteration(problem, state, stop_early)
-        if stop_early and bool(state.done):
+        f, converged = _certify(problem, state)
+        if f < best_f:
+            best_w, best_f = state.vectors[0], f
+        if converged:
             break
-    w = state.best_w.clamp_min(0.0)
-    return DualSolution(w / w.sum(), state.vectors[2])
+        state = _iteration(problem, state)
+        if state is None:  # a failed step: keep the best iterate so far
+            break
+    w = best_w.clamp_min(0.0)
+    return w / w.sum()
 
 
-def _iteration(pb: _Problem, state: _State, stop_early: bool) -> _State:
-    """Certify the iterate (best ``w``, convergence), then one predictor-corrector step unless converged
-    (``stop_early``: skip the step then, after a host read; else compute it and discard it)."""
+def _certify(pb: _Problem, state: _State) -> tuple[float, bool]:
+    """``(F(w), converged)``: ``F(w) - D(zeta) <= tol * max(|w^T A b| + c sqrt(w^T A w + eps), c)`` with the
+    bound ``D(rho zeta) = min_k (A b - rho A zeta)_k + delta sqrt(c^2 - rho^2 zeta^T A zeta)``,
+    ``rho = min(1, c / sqrt(zeta^T A zeta))`` (weak duality, see the module)."""
+    w, _, zeta = state.vectors.unbind()
+    azeta = pb.a @ zeta
+    m0 = (zeta @ azeta).clamp_min(0.0)
+    lin = w @ pb.ab
+    cs = pb.c * torch.sqrt((w @ pb.a @ w).clamp_min(0.0) + pb.eps)
+    rho = torch.clamp(pb.c / torch.sqrt(m0), max=1.0)
+    lower = (pb.ab - rho * azeta).min() + pb.delta * torch.sqrt((pb.c2 - rho * rho * m0).clamp_min(0.0))
+    f = lin + cs
+    return float(f), bool(f - lower <= pb.tol * torch.maximum(lin.abs() + cs, pb.c))
+
+
+def _iteration(pb: _Problem, state: _State) -> _State | None:
+    """One predictor-corrector step from ``state``; None if it fails (no Cholesky factor, a non-finite step)."""
     a, ab, c, c2, delta = pb.a, pb.ab, pb.c, pb.c2, pb.delta
     w, z1, zeta = state.vectors.unbind()
     t, y, zeta_d = state.scalars.unbind()
@@ -189,15 +149,6 @@ def _iteration(pb: _Problem, state: _State, stop_early: bool) -> _State:
     q0, r0, _, m0 = (x @ ax.mT).flatten().unbind()  # w^T A w, w^T A zeta, zeta^T A zeta
     m0 = m0.clamp_min(0.0)
     q, r, m = q0 + pb.eps, r0 + delta * zeta_d, m0 + zeta_d * zeta_d  # |s_1|^2, s_1^T z_1, |z_1|^2
-    lin = w @ ab
-    cs = c * torch.sqrt(q)
-    f = lin + cs
-    lower = dual_bound(ab, azeta, m0, c, delta)[1]
-    better = f < state.best_f  # frozen iterates are never better than themselves
-    best_w, best_f = torch.where(better, w, state.best_w), torch.where(better, f, state.best_f)
-    done = state.done | (f - lower <= pb.tol * torch.maximum(lin.abs() + cs, c))
-    if stop_early and bool(done):
-        return _State(state.vectors, state.scalars, best_w, best_f, done)
 
     # Nesterov-Todd scaling of the cone pair s = (t, s_1), z = (c, z_1)
     big_s, big_z = t * t - q, c2 - m  # s^T J s, z^T J z
@@ -299,13 +250,11 @@ def _iteration(pb: _Problem, state: _State, stop_early: bool) -> _State:
     dz1, _, dzeta, adzeta, dzd = dual_direction(dw, dww, kappa, rc_w, m_pair, m_d)
     step = _FRACTION_TO_BOUNDARY / rate(dw, dt, adw, dz1, dzeta, adzeta, dzd)[0].clamp_min(_FRACTION_TO_BOUNDARY)
 
-    # a non-finite direction gives a NaN or zero step; then (and once converged) nothing changes
-    ok = (step > 0) & (info == 0) & ~done
-    vectors = torch.where(ok, state.vectors + step * torch.stack([dw, dz1, dzeta]), state.vectors)
-    scalars = torch.where(ok, state.scalars + step * torch.stack([dt, dy, dzd]), state.scalars)
-    return _State(vectors, scalars, best_w, best_f, done | ~ok)
+    if int(info) != 0 or not float(step) > 0:  # a non-finite direction gives a NaN or zero step
+        return None
+    return _State(state.vectors + step * torch.stack([dw, dz1, dzeta]), state.scalars + step * torch.stack([dt, dy, dzd]))
 
 
 def _cholesky_solve(chol: Tensor, rhs: Tensor) -> Tensor:
-    """``(L L^T)^{-1} rhs`` by two triangular solves (no host synchronisation on any device)."""
+    """``(L L^T)^{-1} rhs`` by two triangular solves."""
     return torch.linalg.solve_triangular(chol.mT, torch.linalg.solve_triangular(chol, rhs, upper=False), upper=True)

@@ -24,21 +24,20 @@ contains the origin (``f* ~ 0``), where first-order methods need thousands.
 
 Departures from the reference code. The PLOT reference calls ``MinNormSolver.find_min_norm_element``
 (Frank-Wolfe with exact 2-D line searches, at most 250 iterations, on the CPU; its MGDA branch crashes in
-the released code). Here: the interior-point method above, float64, on the Gramian's device, without host
-reads on accelerators (a fixed number of iterations; converged iterations change nothing).
-Degenerate Gramians give ``ones(K)`` (with a warning where values may be read on the host).
+the released code). Here: the interior-point method above, float64 on the host.
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
-from ._cagrad import _check_accuracy
-from ._registry import finish, prepare, register_solver
-from ._simplex import host_sync_allowed
+from ._base import Solver, register_solver
+from ._checks import check_number
 
-__all__ = ["mgda", "min_norm_weights"]
+__all__ = ["MGDA", "min_norm_weights"]
 
 _REGULARISATION = 1e-11  # added to the diagonal of H (units of the mean squared gradient norm): A may be singular
 _FRACTION_TO_BOUNDARY = 0.99
@@ -62,71 +61,60 @@ def _newton(state: tuple[Tensor, ...], r_comp: Tensor) -> tuple[Tensor, Tensor, 
     return dw, dy, (r_comp - z * dw) / w
 
 
-def min_norm_weights(
-    a: Tensor, *, max_iter: int | None = None, tol: float = 1e-10, early_exit: bool | None = None
-) -> Tensor:
-    """The simplex weights ``w*`` of the min-norm point for a float64 PSD ``a`` (no argument checks).
-
-    ``max_iter``: interior-point iterations (default 60 when the loop stops at convergence, 40 as the
-    fixed budget of the sync-free mode); ``early_exit`` as in :func:`plot_hf.moo.solvers.cagrad`.
-    """
-    k, dtype, device = a.shape[0], a.dtype, a.device
-    sync = host_sync_allowed(a, early_exit)
-    max_iter = max_iter if max_iter is not None else (60 if sync else 40)
+def min_norm_weights(a: Tensor, *, max_iter: int = 60, tol: float = 1e-10) -> Tensor:
+    """The simplex weights ``w*`` of the min-norm point for a float64 PSD ``a`` (no argument checks):
+    at most ``max_iter`` interior-point iterations, stopped once ``w^T z <= tol * f(w) + 1e-15``."""
+    k, dtype = a.shape[0], a.dtype
     scale = a.diagonal().mean().clamp_min(torch.finfo(dtype).tiny)
     q = (2.0 / scale) * a
-    w = torch.full((k,), 1.0 / k, dtype=dtype, device=device)
+    w = torch.full((k,), 1.0 / k, dtype=dtype)
     grad = q @ w
     y = grad.min() - 1.0  # dual feasible start: z = Q w - y 1 >= 1
     z = grad - y
-    done = torch.zeros((), dtype=torch.bool, device=device)
     for _ in range(max_iter):
         qw = q @ w
         r_dual = qw - y - z
         r_primal = w.sum() - 1.0
         gap = w @ z
-        done = done | (gap <= tol * (0.5 * (w @ qw)).abs() + 1e-15)
-        if sync and bool(done):
+        if float(gap) <= tol * abs(0.5 * float(w @ qw)) + 1e-15:
             break
         mu = gap / k
         h = q.clone()
         h.diagonal().add_(z / w + _REGULARISATION)
         chol, info = torch.linalg.cholesky_ex(h)
-
+        if int(info) != 0:
+            break
         state = (chol, w, z, r_dual, r_primal)
         dw, dy, dz = _newton(state, -w * z)  # predictor (affine scaling)
         step = torch.minimum(_step_to_boundary(w, dw), _step_to_boundary(z, dz))
         sigma = ((((w + step * dw) @ (z + step * dz)) / k) / mu).clamp(0.0, 1.0) ** 3
         dw, dy, dz = _newton(state, sigma * mu - w * z - dw * dz)  # corrector
         step = _FRACTION_TO_BOUNDARY * torch.minimum(_step_to_boundary(w, dw), _step_to_boundary(z, dz))
-        step = torch.where((info == 0) & torch.isfinite(step) & ~done, step, torch.zeros_like(step))
+        if not math.isfinite(float(step)):
+            break
         w, y, z = w + step * dw, y + step * dy, z + step * dz
     w = w.clamp_min(0.0)
     return w / w.sum()
 
 
 @register_solver("mgda")
-def mgda(
-    gramian: Tensor,
-    *,
-    losses: Tensor | None = None,
-    anchor: Tensor | None = None,
-    max_iter: int | None = None,
-    tol: float = 1e-10,
-    early_exit: bool | None = None,
-) -> Tensor:
-    """MGDA coefficients ``K * w*`` (K,); ``losses`` and ``anchor`` are accepted and unused.
+class MGDA(Solver):
+    """MGDA's coefficients ``K * w*`` (see the module); reads neither the anchor nor the losses.
+
+    Args:
+        tol: relative accuracy of the duality gap (> 0).
+        max_iter: interior-point iterations at most (>= 1; 10-25 suffice whatever the conditioning).
 
     Example:
         >>> import torch
-        >>> from plot_hf.moo.solvers import mgda
-        >>> mgda(torch.tensor([[4.0, 0.0], [0.0, 1.0]]))
-        tensor([0.4000, 1.6000])
+        >>> from plot_hf.moo.solvers import MGDA
+        >>> MGDA()(torch.tensor([[4.0, 0.0], [0.0, 1.0]]))
+        SolverResult(coefficients=tensor([0.4000, 1.6000]), degenerate=False)
     """
-    _check_accuracy(max_iter, tol)
-    sync = host_sync_allowed(gramian, early_exit)
-    problem = prepare(gramian, anchor=anchor, losses=losses, check_values=sync)
-    if problem.fallback is not None:
-        return problem.fallback
-    w = min_norm_weights(problem.gramian, max_iter=max_iter, tol=tol, early_exit=sync)
-    return finish(gramian.shape[0] * w, gramian, problem.degenerate)
+
+    def __init__(self, tol: float = 1e-10, max_iter: int = 60):
+        self.tol = check_number("tol", tol, minimum=0.0, strict=True)
+        self.max_iter = check_number("max_iter", max_iter, minimum=1, integer=True)
+
+    def weights(self, gramian: Tensor, anchor: Tensor, losses: Tensor | None) -> Tensor:
+        return gramian.shape[0] * min_norm_weights(gramian, max_iter=self.max_iter, tol=self.tol)
