@@ -118,10 +118,12 @@ class PLOTStep:
         autocast: Callable[[], object],
         forward_context: Callable[[], object],
         grad_scale: float = 1.0,
+        moo_loss: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, StepDiagnostics]:
         """Run the step; return the clean-point batch-mean loss (detached) and diagnostics.
 
-        ``per_sample_loss(logits)`` gives the baseline's per-sample losses (mixup included);
+        ``per_sample_loss(logits)`` gives the baseline's per-sample losses (mixup included); ``moo_loss``, when
+        given, replaces it at the perturbed point (objectives, variability collapse, total; ``PLOTConfig.moo_loss``);
         ``group_labels`` groups samples into objectives (the first label under mixup);
         ``backward(loss)`` is the trainer's backward (accelerate: loss scaling, DDP hooks);
         ``loss_scale`` is the factor that backward applies to the loss (1 / accumulation steps x scaler);
@@ -192,7 +194,8 @@ class PLOTStep:
         if saved is not None:  # as many classes per batched call as the memory bound allows (plot_hf.moo.chunking)
             chunk_size = chunk_for_memory(self.chunk_memory_mb * 2**20, saved.nbytes, self.moo.numel,
                                           perturbed[0].element_size())
-        losses = per_sample_loss(perturbed_logits)
+        perturbed_loss = moo_loss if moo_loss is not None else per_sample_loss
+        losses = perturbed_loss(perturbed_logits)
 
         # Objectives: one per class present, or per class group (frequency-ordered bins of classes).
         objective_labels = group_labels
@@ -216,7 +219,7 @@ class PLOTStep:
                     inner.update(zip(self.moo.names, values, strict=True))
                     with replay.replay(), autocast(), frozen_batch_stats(unwrapped):
                         out = logits_of(functional_call(unwrapped, inner, args=(), kwargs={"pixel_values": pixel_values}))
-                    sample_losses = per_sample_loss(out)
+                    sample_losses = perturbed_loss(out)
                     position = torch.searchsorted(classes, objective_labels)
                     total = sample_losses.new_zeros(classes.numel()).index_add(0, position, sample_losses)
                     return total / sample_losses.numel()

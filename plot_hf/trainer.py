@@ -147,12 +147,16 @@ class PLOTTrainer(Trainer):
         pixel_values, labels = inputs["pixel_values"], inputs["labels"]
         pixel_values, per_sample_loss, group_labels = self._baseline(pixel_values, labels)
         scale = self._backward_scale()
+        moo_loss = None
+        if self.args.mixup_alpha > 0 and self.args.moo_loss == "first_label":
+            moo_loss = self._first_label_loss(group_labels)
         clean_loss, diagnostics = self._plot_step.run(  # type: ignore[union-attr]
             model=model,
             unwrapped=self.accelerator.unwrap_model(model),
             pixel_values=pixel_values,
             group_labels=group_labels,
             per_sample_loss=per_sample_loss,
+            moo_loss=moo_loss,
             anchor_for=self._anchor,
             backward=lambda loss: self.accelerator.backward(loss / self.current_gradient_accumulation_steps),
             loss_scale=scale,
@@ -205,6 +209,15 @@ class PLOTTrainer(Trainer):
             return self.loss_fn(logits, labels)
 
         return pixel_values, plain_loss, labels
+
+    def _first_label_loss(self, labels: torch.Tensor):
+        """The loss at the perturbed point under ``moo_loss="first_label"`` (the reference code): the baseline's
+        per-sample loss on the first label of each mixed pair, ``l_i = loss(z_i, y_a,i)``, on the mixed inputs."""
+
+        def first_label_loss(logits: torch.Tensor) -> torch.Tensor:
+            return self.loss_fn(logits, labels)
+
+        return first_label_loss
 
     def _grad_scale(self) -> float:
         """The fp16 loss-scaler's current scale (1.0 without one); snapshot the MOO parameters before a kept SAM
@@ -262,6 +275,7 @@ class PLOTTrainer(Trainer):
             warmup_epochs=self.args.lr_warmup_epochs,
             milestones=self.args.lr_milestones,
             decay=self.args.lr_decay,
+            timing=self.args.lr_schedule_timing,
         )
         self._created_lr_scheduler = True
         return self.lr_scheduler
@@ -274,6 +288,13 @@ class PLOTTrainer(Trainer):
         super().create_model_card(*args, **kwargs)
 
     # ------------------------------------------------------------------------- faults: optimizer, checkpoints
+    def get_decay_parameter_names(self, model: nn.Module) -> list[str]:
+        """Every parameter with ``weight_decay_all_parameters`` (the reference's single SGD over all of them);
+        otherwise ``Trainer``'s rule (biases and LayerNorm weights undecayed)."""
+        if self.args.weight_decay_all_parameters:
+            return [name for name, _ in model.named_parameters()]
+        return super().get_decay_parameter_names(model)
+
     def create_optimizer(self, *args: Any, **kwargs: Any):
         """``Trainer``'s optimizer, its ``step`` wrapped by the non-finite guard (skips NaN/inf steps)."""
         optimizer = super().create_optimizer(*args, **kwargs)
