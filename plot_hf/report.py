@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .model_card import build_model_card
+from .model_card import build_model_card, reference_departures
 from .plots import plot_conflict, plot_per_class_accuracy, plot_training_curves
 
 PLOT_KEYS = (
@@ -57,6 +57,7 @@ def write_report(trainer: Any, recipe: Any, data: Any, results: dict[str, Any]) 
         shot_rule="strict" if data.stats.shot_rule == "strict" else "oltr",
         many_threshold=data.stats.many_shot_threshold,
         few_threshold=data.stats.few_shot_threshold,
+        departures=reference_departures(trainer.args, recipe.model.model_name, recipe.model.model_args),
     )
     card.save(out / "README.md")
     trainer.plot_model_card = out / "README.md"
