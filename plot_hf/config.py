@@ -163,6 +163,10 @@ class PLOTConfig(TrainingArguments):
 
         > Optimizer
 
+        train_drop_last (`bool`, *optional*, defaults to `False`):
+            Drop the last, smaller batch of each training epoch, as the reference's stage-1 loader does. Unlike
+            `dataloader_drop_last`, which `Trainer` applies to the evaluation and test loaders too (leaving test
+            images out of the metrics), this touches the training loader only.
         weight_decay_all_parameters (`bool`, *optional*, defaults to `False`):
             Apply `weight_decay` to every parameter, biases and normalisation weights included, as the
             reference's single `torch.optim.SGD` does. `False`: `Trainer`'s rule (no decay on biases and
@@ -248,6 +252,9 @@ class PLOTConfig(TrainingArguments):
         metadata={"help": "Epoch e trains with f(e) (epoch_end) or f(e + 1) (epoch_start, reference).",
                   "choices": list(SCHEDULE_TIMINGS)},
     )
+    train_drop_last: bool = field(
+        default=False, metadata={"help": "Drop the last, smaller training batch of each epoch (reference)."}
+    )
     weight_decay_all_parameters: bool = field(
         default=False, metadata={"help": "Weight decay on every parameter (reference), not Trainer's subset."}
     )
@@ -310,8 +317,9 @@ class PLOTConfig(TrainingArguments):
             fail("moo_loss", self.moo_loss, f"choose one of {MOO_LOSSES}")
         if self.lr_schedule_timing not in SCHEDULE_TIMINGS:
             fail("lr_schedule_timing", self.lr_schedule_timing, f"choose one of {SCHEDULE_TIMINGS}")
-        if not isinstance(self.weight_decay_all_parameters, bool):
-            fail("weight_decay_all_parameters", self.weight_decay_all_parameters, "it must be true or false")
+        for key in ("weight_decay_all_parameters", "train_drop_last"):
+            if not isinstance(getattr(self, key), bool):
+                fail(key, getattr(self, key), "it must be true or false")
         if self.moo_chunk_size is not None and self.moo_chunk_size < 1:
             fail("moo_chunk_size", self.moo_chunk_size, "it must be a positive integer or None")
         if self.moo_chunk_memory_mb is not None:

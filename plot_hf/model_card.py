@@ -247,7 +247,7 @@ def reference_departures(args: Any, model_name: str | None = None, model_args: M
                    "warm-up over 5 epochs, then x0.1 at 160 and 180).")
     elif getattr(args, "lr_schedule_timing", "epoch_end") == "epoch_end":
         out.append("The warm-up schedule runs one epoch later than the reference's (`lr_schedule_timing=epoch_end`).")
-    if not getattr(args, "dataloader_drop_last", False):
+    if not (getattr(args, "train_drop_last", False) or getattr(args, "dataloader_drop_last", False)):
         out.append("The last, smaller batch of each epoch is kept (the reference drops it).")
     if (getattr(args, "max_grad_norm", 0) or 0) > 0:
         out.append(f"Gradients clipped to norm {args.max_grad_norm:g} (the reference does not clip).")

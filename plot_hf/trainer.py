@@ -263,6 +263,17 @@ class PLOTTrainer(Trainer):
             )
         return super()._get_train_sampler(train_dataset)
 
+    def get_train_dataloader(self):
+        """``Trainer``'s training loader; with ``train_drop_last`` it drops the last, smaller batch of each epoch
+        (``dataloader_drop_last`` is set for this loader only, so evaluation still sees every sample)."""
+        if not self.args.train_drop_last or self.args.dataloader_drop_last:
+            return super().get_train_dataloader()
+        self.args.dataloader_drop_last = True
+        try:
+            return super().get_train_dataloader()
+        finally:
+            self.args.dataloader_drop_last = False
+
     # -------------------------------------------------------------------------------------- schedule, log
     def create_scheduler(self, num_training_steps: int, optimizer: torch.optim.Optimizer | None = None):
         if self.args.lr_milestones is None or self.lr_scheduler is not None:

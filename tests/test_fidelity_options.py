@@ -19,7 +19,8 @@ from .helpers import collate, tensor_dataset, tiny_model
 
 @pytest.mark.parametrize(
     ("key", "value"),
-    [("moo_loss", "second_label"), ("lr_schedule_timing", "start"), ("weight_decay_all_parameters", "yes")],
+    [("moo_loss", "second_label"), ("lr_schedule_timing", "start"), ("weight_decay_all_parameters", "yes"),
+     ("train_drop_last", 1)],
 )
 def test_bad_values_name_the_key(tmp_path, key, value):
     with pytest.raises(ValueError, match=key):
@@ -80,7 +81,7 @@ def test_classifier_init_choices():
 def test_departures_listed_for_defaults_and_none_beyond_the_documented_for_reference_settings(tmp_path):
     reference = PLOTConfig(
         output_dir=str(tmp_path), weight_decay=2e-4, weight_decay_all_parameters=True, lr_milestones=[160, 180],
-        lr_schedule_timing="epoch_start", dataloader_drop_last=True, max_grad_norm=0.0, mixup_alpha=1.0,
+        lr_schedule_timing="epoch_start", train_drop_last=True, max_grad_norm=0.0, mixup_alpha=1.0,
     )
     exact = reference_departures(reference, "resnet32_cifar", {"classifier_init": "torch_default"})
     assert len(exact) == 3 and "Batch-norm" in exact[0] and "interior-point" in exact[1] and "5/5/5" in exact[2]
@@ -95,3 +96,17 @@ def test_departures_listed_for_defaults_and_none_beyond_the_documented_for_refer
     card = build_model_card(model_name="m", dataset_name="d", imbalance_factor=10, backbone="b",
                             num_parameters=1, recipe_yaml="a: 1", plot_hparams={}, metrics={})
     assert "Departures" not in card.content
+
+
+def test_train_drop_last_drops_only_in_training(tmp_path):
+    """70 rows, batch 32: two training batches (the last 6 rows dropped); evaluation still sees all 70."""
+    args = PLOTConfig(output_dir=str(tmp_path), use_cpu=True, report_to=[], per_device_train_batch_size=32,
+                      per_device_eval_batch_size=32, train_drop_last=True, moo_until_epoch=0)
+    dataset = tensor_dataset(num_rows=70)
+    trainer = PLOTTrainer(model=tiny_model(), args=args, train_dataset=dataset, data_collator=collate)
+    assert [len(b["labels"]) for b in trainer.get_train_dataloader()] == [32, 32]
+    assert sum(len(b["labels"]) for b in trainer.get_eval_dataloader(dataset)) == 70
+    assert trainer.args.dataloader_drop_last is False
+    plain = PLOTTrainer(model=tiny_model(), args=PLOTConfig(output_dir=str(tmp_path), use_cpu=True, report_to=[],
+                        per_device_train_batch_size=32, moo_until_epoch=0), train_dataset=dataset, data_collator=collate)
+    assert sum(len(b["labels"]) for b in plain.get_train_dataloader()) == 70

@@ -78,7 +78,7 @@ def _plot_hf_step(tmp_path, model, keep_fraction: float, mixup_alpha: float, **o
     dataset = Dataset.from_dict({"pixel_values": list(x.numpy()), "labels": y.tolist()}).with_format("torch")
     options = dict(
         output_dir=str(tmp_path), use_cpu=True, seed=0, report_to=[], save_strategy="no", disable_tqdm=True,
-        per_device_train_batch_size=BATCH, num_train_epochs=1, dataloader_drop_last=True,
+        per_device_train_batch_size=BATCH, num_train_epochs=1, train_drop_last=True,
         learning_rate=LR, optim="sgd", optim_args=f"momentum={MOMENTUM}", weight_decay=WD,
         weight_decay_all_parameters=True, max_grad_norm=0.0,
         lr_milestones=[160, 180], lr_warmup_epochs=5, lr_decay=0.1, lr_schedule_timing="epoch_start",
