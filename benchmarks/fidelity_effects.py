@@ -42,7 +42,7 @@ from plot_hf.train import run  # noqa: E402
 RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "digits_lt.yaml"
 REFERENCE_OPTIMISER = [
     "--weight_decay_all_parameters", "true", "--lr_schedule_timing", "epoch_start", "--train_drop_last", "true",
-    "--model_args", '{"classifier_init": "torch_default"}',
+    "--max_grad_norm", "0.0", "--model_args", '{"classifier_init": "torch_default"}',
 ]
 REFERENCE_MIXUP = [*REFERENCE_OPTIMISER, "--mixup_alpha", "1.0", "--moo_loss", "first_label"]
 SETTINGS: dict[str, list[str]] = {
@@ -54,6 +54,9 @@ SETTINGS: dict[str, list[str]] = {
     "  - departure: lr_schedule_timing=epoch_end": [*REFERENCE_MIXUP, "--lr_schedule_timing", "epoch_end"],
     "  - departure: last batch kept": [*REFERENCE_MIXUP, "--train_drop_last", "false"],
     "  - departure: Kaiming classifier init": [*REFERENCE_MIXUP, "--model_args", '{"classifier_init": "kaiming_normal"}'],
+    "  - departure: gradients clipped to norm 1 (Trainer's default)": [*REFERENCE_MIXUP, "--max_grad_norm", "1.0"],
+    "  - the reference's ResNet-32 copy (5/5/4 blocks)": [
+        *REFERENCE_MIXUP, "--model_args", '{"classifier_init": "torch_default", "blocks_per_stage": [5, 5, 4]}'],
 }
 QUIET = ["--eval_strategy", '"no"', "--save_strategy", '"no"', "--metric_for_best_model", "null",
          "--report_to", "none", "--logging_strategy", '"no"']
@@ -139,7 +142,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--seeds", type=int, default=3, help="training seeds per setting (0: skip training)")
     parser.add_argument("--step_seeds", type=int, default=5, help="seeds of the one-step cosines (0: skip)")
     parser.add_argument("--output_dir", default="outputs/fidelity_effects")
+    parser.add_argument("--settings", default=",".join(map(str, range(len(SETTINGS)))),
+                        help="comma-separated indices into SETTINGS (0-based, in the order printed)")
     args = parser.parse_args(argv)
+    names = [list(SETTINGS)[int(i)] for i in args.settings.split(",") if i]
     summary: dict = {}
     start = time.perf_counter()
     if args.step_seeds:
@@ -148,7 +154,7 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"\n# digits-LT, {RECIPE.name}, {args.seeds} seeds, last-epoch test top-1 (%, mean +- sample std)\n")
         print("| setting | top-1 | many | medium | few |\n|---|---|---|---|---|")
         root = Path(args.output_dir)
-        for name in SETTINGS:
+        for name in names:
             runs = [train_setting(name, seed, root) for seed in range(args.seeds)]
             stats = {m: _stats([r[m] for r in runs]) for m in METRICS}
             summary[name] = {m: {"mean": mean, "std": std} for m, (mean, std) in stats.items()}
