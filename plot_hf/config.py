@@ -101,8 +101,9 @@ class PLOTConfig(TrainingArguments):
         sam_rho (`float`, *optional*, defaults to `1e-4`):
             Radius of the SAM perturbation of the MOO parameters (`rho * g / ||g||`). `0` disables SAM.
         sam_keep_fraction (`float`, *optional*, defaults to `0.0`):
-            Fraction of the perturbation kept after the step (the reference CIFAR-10 configs' `perturb_radius`,
-            0.5); plain SAM restores fully (0).
+            Fraction `r` of the perturbation kept after the step, `theta = theta + r * eps` before the optimizer
+            step (the reference's `perturb_radius`: 0.5 for CIFAR-10 at imbalance 200, 1.0 at 100 and 50, 0.0 for
+            CIFAR-100); plain SAM restores fully (0).
         vc_weight (`float`, *optional*, defaults to `0.02`):
             Weight of the variability-collapse loss (mean over classes of the std of their per-sample losses).
 
