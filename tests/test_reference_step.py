@@ -216,6 +216,7 @@ def test_one_trainer_step_equals_the_reference_step(tmp_path, keep_fraction, mix
     assert updates[worst] < UPDATE_TOLERANCE, (worst, updates[worst])
 
 
+@pytest.mark.slow
 def test_departures_from_the_reference_change_the_step(tmp_path):
     """Each option the comparison sets matters: the mixup loss at the perturbed point, Trainer's weight-decay
     rule (no decay on biases) and PyTorch's schedule timing each change some tensor's update by far more than
@@ -226,6 +227,7 @@ def test_departures_from_the_reference_change_the_step(tmp_path):
         assert max(relative_update_differences(initial, ours, reference).values()) > 10 * UPDATE_TOLERANCE, overrides
 
 
+@pytest.mark.slow
 def test_keep_fraction_and_mixup_change_the_step(tmp_path):
     """The cases above are distinct: a different keep fraction or no mixup gives different parameters."""
     initial, results = _model(), {}
