@@ -101,7 +101,7 @@ def _one_step_update(model, images, labels, counts, seed: int, **overrides) -> d
 
 
 def _cosine(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], names: list[str]) -> float:
-    x, y = torch.cat([a[n] for n in names]), torch.cat([b[n] for n in names])
+    x, y = torch.cat([a[n] for n in names]).double(), torch.cat([b[n] for n in names]).double()
     return float(x @ y / (x.norm() * y.norm()).clamp_min(1e-30))
 
 

@@ -110,3 +110,17 @@ def test_train_drop_last_drops_only_in_training(tmp_path):
     plain = PLOTTrainer(model=tiny_model(), args=PLOTConfig(output_dir=str(tmp_path), use_cpu=True, report_to=[],
                         per_device_train_batch_size=32, moo_until_epoch=0), train_dataset=dataset, data_collator=collate)
     assert sum(len(b["labels"]) for b in plain.get_train_dataloader()) == 70
+
+
+@pytest.mark.slow
+def test_fidelity_effects_one_step_part_runs(capsys):
+    """``benchmarks/fidelity_effects.py``'s one-step cosines: a table row per departure; the mixup loss at the
+    perturbed point changes the MOO stage's direction, the anchor changes it less."""
+    from benchmarks import fidelity_effects
+
+    summary = fidelity_effects.main(["--seeds", "0", "--step_seeds", "1"])
+    cosines = summary["step_cosines"]
+    assert set(cosines) == set(fidelity_effects.STEP_DEPARTURES)
+    assert all(-1 <= c <= 1 + 1e-6 for entry in cosines.values() for v in entry.values() for c in v)
+    assert cosines["moo_loss=mixup (mixup loss at the perturbed point)"]["layer3"][0] < 0.99
+    assert "| moo_anchor=uniform |" in capsys.readouterr().out
