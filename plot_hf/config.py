@@ -17,6 +17,8 @@ PLAIN_FRAMEWORK_KEYS = ("moo_until_epoch", "sam_rho", "vc_weight")
 
 ANCHORS = ("class_prior", "uniform")
 GRADIENT_METHODS = ("auto", "loop", "batched", "sketch", "per_sample_split")
+MOO_LOSSES = ("first_label", "mixup")
+SCHEDULE_TIMINGS = ("epoch_end", "epoch_start")
 
 
 @dataclass
@@ -108,8 +110,9 @@ class PLOTConfig(TrainingArguments):
         sam_rho (`float`, *optional*, defaults to `1e-4`):
             Radius of the SAM perturbation of the MOO parameters (`rho * g / ||g||`). `0` disables SAM.
         sam_keep_fraction (`float`, *optional*, defaults to `0.0`):
-            Fraction of the perturbation kept after the step (the reference CIFAR-10 configs' `perturb_radius`,
-            0.5 at IF 200, 1.0 at IF 100 and 50; 0 in the CIFAR-100 configs); plain SAM restores fully (0).
+            Fraction `r` of the perturbation kept after the step, `theta = theta + r * eps` before the optimizer
+            step (the reference's `perturb_radius`: 0.5 for CIFAR-10 at imbalance 200, 1.0 at 100 and 50, 0.0 for
+            CIFAR-100); plain SAM restores fully (0).
         vc_weight (`float`, *optional*, defaults to `0.02`):
             Weight of the variability-collapse loss (mean over classes of the std of their per-sample losses).
 
@@ -121,6 +124,15 @@ class PLOTConfig(TrainingArguments):
         mixup_alpha (`float`, *optional*, defaults to `0.0`):
             Mixup's Beta(alpha, alpha) parameter; `0` disables mixup (the reference's cRT+Mixup baseline uses 1.0).
             With mixup, classes are grouped by the first label of each mixed pair, as in the reference code.
+        moo_loss (`str`, *optional*, defaults to `"first_label"`):
+            The per-sample loss at the perturbed point of the PLOT step when mixup is on (without mixup both
+            values are the same step). The clean forward always uses the mixup loss: its batch mean gives the SAM
+            direction, and every step after E is the plain mixup step. `"first_label"` (the reference code):
+            at the perturbed point, on the same mixed inputs, the baseline's loss on the FIRST label of each
+            mixed pair, `l_i = loss(z_i, y_a,i)`; it forms the per-class objectives, the variability-collapse
+            term and the total whose backward gives the non-MOO parameters' gradients. `"mixup"`: the mixup
+            loss `lam * loss(z_i, y_a,i) + (1 - lam) * loss(z_i, y_b,i)` for all of them too (a departure from
+            the reference: the MOO stage's direction moves far from the reference's, see `docs/fidelity.md`).
         loss_type (`str`, *optional*, defaults to `"ce"`):
             The baseline's per-sample loss, a name of `plot_hf.losses.LOSSES` (`"ce"`, `"ldam"`,
             `"balanced_softmax"`, ...); checked when the config is built.
@@ -153,6 +165,24 @@ class PLOTConfig(TrainingArguments):
             Warm-up length of the reference schedule.
         lr_decay (`float`, *optional*, defaults to `0.1`):
             Multiplicative decay at each milestone.
+        lr_schedule_timing (`str`, *optional*, defaults to `"epoch_end"`):
+            When the reference schedule's epoch counter advances. `"epoch_end"` (PyTorch's convention: the
+            scheduler steps after each epoch): epoch `e` (0-based) trains with the factor `f(e)`, so warm-up
+            starts at a third of the rate. `"epoch_start"` (the reference code, which steps its
+            `WarmupMultiStepLR` before each epoch): epoch `e` trains with `f(e + 1)`: 0.467, 0.6, 0.733, 0.867
+            in epochs 0-3, 1.0 from epoch 4, and each milestone `m` applies from epoch `m - 1` (159 and 179 for
+            milestones 160 and 180).
+
+        > Optimizer
+
+        train_drop_last (`bool`, *optional*, defaults to `False`):
+            Drop the last, smaller batch of each training epoch, as the reference's stage-1 loader does. Unlike
+            `dataloader_drop_last`, which `Trainer` applies to the evaluation and test loaders too (leaving test
+            images out of the metrics), this touches the training loader only.
+        weight_decay_all_parameters (`bool`, *optional*, defaults to `False`):
+            Apply `weight_decay` to every parameter, biases and normalisation weights included, as the
+            reference's single `torch.optim.SGD` does. `False`: `Trainer`'s rule (no decay on biases and
+            LayerNorm weights).
 
         > Reliability and analysis
 
@@ -212,6 +242,11 @@ class PLOTConfig(TrainingArguments):
     vc_weight: float = field(default=0.02, metadata={"help": "Weight of the variability-collapse loss."})
     class_counts: list[int] | None = field(default=None, metadata={"help": "Training count per class."})
     mixup_alpha: float = field(default=0.0, metadata={"help": "Mixup Beta parameter; 0 disables mixup."})
+    moo_loss: Literal["first_label", "mixup"] = field(
+        default="first_label",
+        metadata={"help": "Loss at the perturbed point under mixup: first label (reference) or mixup.",
+                  "choices": list(MOO_LOSSES)},
+    )
     loss_type: str = field(default="ce", metadata={"help": "Baseline per-sample loss name."})
     loss_kwargs: dict | None = field(default=None, metadata={"help": "Keyword arguments of the loss."})
     moo_framework: Literal["plot", "plain"] = field(
@@ -227,6 +262,17 @@ class PLOTConfig(TrainingArguments):
     lr_milestones: list[float] | None = field(default=None, metadata={"help": "Epochs of x lr_decay steps."})
     lr_warmup_epochs: float = field(default=5.0, metadata={"help": "Warm-up epochs of the reference schedule."})
     lr_decay: float = field(default=0.1, metadata={"help": "Decay factor at each milestone."})
+    lr_schedule_timing: Literal["epoch_end", "epoch_start"] = field(
+        default="epoch_end",
+        metadata={"help": "Epoch e trains with f(e) (epoch_end) or f(e + 1) (epoch_start, reference).",
+                  "choices": list(SCHEDULE_TIMINGS)},
+    )
+    train_drop_last: bool = field(
+        default=False, metadata={"help": "Drop the last, smaller training batch of each epoch (reference)."}
+    )
+    weight_decay_all_parameters: bool = field(
+        default=False, metadata={"help": "Weight decay on every parameter (reference), not Trainer's subset."}
+    )
 
     max_consecutive_bad_steps: int = field(
         default=5, metadata={"help": "Stop after this many NaN/inf optimizer steps in a row; 0 never stops."}
@@ -289,6 +335,13 @@ class PLOTConfig(TrainingArguments):
             fail("resample_from_epoch", self.resample_from_epoch, "it must be >= 0")
         if self.mixup_alpha < 0:
             fail("mixup_alpha", self.mixup_alpha, "it must be >= 0 (0 disables mixup)")
+        if self.moo_loss not in MOO_LOSSES:
+            fail("moo_loss", self.moo_loss, f"choose one of {MOO_LOSSES}")
+        if self.lr_schedule_timing not in SCHEDULE_TIMINGS:
+            fail("lr_schedule_timing", self.lr_schedule_timing, f"choose one of {SCHEDULE_TIMINGS}")
+        for key in ("weight_decay_all_parameters", "train_drop_last"):
+            if not isinstance(getattr(self, key), bool):
+                fail(key, getattr(self, key), "it must be true or false")
         if self.moo_chunk_size is not None and self.moo_chunk_size < 1:
             fail("moo_chunk_size", self.moo_chunk_size, "it must be a positive integer or None")
         if self.moo_chunk_memory_mb is not None:

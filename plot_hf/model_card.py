@@ -21,7 +21,10 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from .metrics import describe_shot_rule
 
-__all__ = ["CITATION", "TAGS", "TEMPLATE_PATH", "build_model_card", "normalize_results"]
+__all__ = [
+    "CITATION", "TAGS", "TEMPLATE_PATH", "build_model_card", "departures_section", "normalize_results",
+    "reference_departures",
+]
 
 TEMPLATE_PATH = Path(__file__).parent / "templates" / "model_card.md"
 TAGS: tuple[str, ...] = ("plot", "long-tailed", "timm", "image-classification")
@@ -222,6 +225,67 @@ def _how_to_use(backbone: str, remote_code: bool | None) -> dict[str, Any]:
     if remote_code is None:
         remote_code = needs_remote_code({"architecture": backbone})
     return {"remote_code": remote_code, "code_files": ", ".join(f"`{name}`" for name in SHIPPED_MODULES.values())}
+# ------------------------------------------------------------------------------------ departures from the reference
+def reference_departures(args: Any, model_name: str | None = None, model_args: Mapping[str, Any] | None = None) -> list[str]:
+    """The departures from the PLOT reference code (``zzpustc/PLOT``, ``train_cifar.py``) that applied to a run
+    with training arguments ``args`` (a :class:`~plot_hf.PLOTConfig`, or any object with its attributes), one
+    sentence each; ``docs/fidelity.md`` has the full table with their measured effects.
+
+    Only the PLOT step and the stage-1 optimiser are covered (data selection, stage 2 and evaluation are stated
+    by the recipe). An empty list when PLOT was off (``moo_until_epoch == 0``): the run is then the baseline.
+    """
+    if not getattr(args, "moo_until_epoch", 0) > 0:
+        return []
+    out = ["Batch-norm running statistics of the MOO stage are updated once per PLOT step (the reference "
+           "updates them a second time in its re-forward at the perturbed point)."]
+    if getattr(args, "moo_solver", "cagrad") == "cagrad":
+        out.append("CAGrad's dual is solved by an interior-point method to a certified gap (the reference: "
+                   "SciPy SLSQP with finite differences); the same optimum to solver tolerance.")
+    elif getattr(args, "moo_solver", None) in ("mgda", "epo"):
+        out.append(f"Solver `{args.moo_solver}`: the released code has no working implementation of it.")
+    if getattr(args, "mixup_alpha", 0) > 0 and getattr(args, "moo_loss", "first_label") == "mixup":
+        out.append("`moo_loss=mixup`: the mixup loss at the perturbed point (the reference: cross-entropy on the "
+                   "first label of each mixed pair).")
+    if getattr(args, "weight_decay", 0) > 0 and not getattr(args, "weight_decay_all_parameters", False):
+        out.append("No weight decay on biases (Trainer's rule; the reference decays every parameter).")
+    if getattr(args, "lr_milestones", None) is None:
+        out.append(f"Learning-rate schedule `{getattr(args, 'lr_scheduler_type', '?')}` (the reference: linear "
+                   "warm-up over 5 epochs, then x0.1 at 160 and 180).")
+    elif getattr(args, "lr_schedule_timing", "epoch_end") == "epoch_end":
+        out.append("The warm-up schedule runs one epoch later than the reference's (`lr_schedule_timing=epoch_end`).")
+    if not (getattr(args, "train_drop_last", False) or getattr(args, "dataloader_drop_last", False)):
+        out.append("The last, smaller batch of each epoch is kept (the reference drops it).")
+    if (getattr(args, "max_grad_norm", 0) or 0) > 0:
+        out.append(f"Gradients clipped to norm {args.max_grad_norm:g} (the reference does not clip).")
+    if getattr(args, "moo_anchor", "class_prior") != "class_prior":
+        out.append("CAGrad's anchor is uniform (the released configs use the class prior).")
+    if getattr(args, "moo_gradient_method", "auto") == "sketch":
+        out.append("The Gramian is a random sketch (`moo_gradient_method=sketch`; the reference: exact per-class gradients).")
+    if getattr(args, "moo_framework", "plot") == "plain":
+        out.append("`moo_framework=plain`: the solver at every step without SAM or variability collapse (not PLOT).")
+    for key, default, text in _APPROXIMATIONS:
+        if getattr(args, key, default) != default:
+            out.append(text.format(value=getattr(args, key)))
+    if model_name in ("resnet32_cifar", "resnet20_cifar", "resnet56_cifar"):
+        if (model_args or {}).get("classifier_init", "kaiming_normal") != "torch_default":
+            out.append("Kaiming-normal classifier initialisation (the reference keeps `nn.Linear`'s own).")
+        if model_name == "resnet32_cifar":
+            out.append("Standard ResNet-32 (5/5/5 blocks); the reference's copy has 4 blocks in its last stage.")
+    return out
+
+
+_APPROXIMATIONS: tuple[tuple[str, Any, str], ...] = (
+    ("moo_solve_every", 1, "Coefficients solved every {value} steps and reused in between (amortised)."),
+    ("moo_class_groups", None, "{value} frequency-ordered class groups as objectives (the reference: one per class)."),
+    ("moo_modules", None, "MOO parameters `{value}` (the reference: `layer3`)."),
+)
+
+
+def departures_section(departures: list[str]) -> str:
+    """Markdown bullet list of :func:`reference_departures`, or a sentence when there are none."""
+    if not departures:
+        return "_None: PLOT was off, or every setting matched the reference code._"
+    return "\n".join(f"- {_escape(line)}" for line in departures)
 
 
 def build_model_card(
@@ -247,6 +311,7 @@ def build_model_card(
     few_threshold: int = 20,
     extra_tags: tuple[str, ...] = (),
     remote_code: bool | None = None,
+    departures: list[str] | None = None,
 ) -> ModelCard:
     """Render the model card of a run (save it with ``card.save(output_dir / "README.md")``).
 
@@ -270,6 +335,8 @@ def build_model_card(
         remote_code: whether the saved model carries its code (``auto_map``; :mod:`plot_hf.models.remote_code`),
             which decides the "How to use" snippets (plot-hf or ``trust_remote_code=True``, versus plain
             transformers); ``None``: true for the CIFAR ResNets that plot-hf registers with timm.
+        departures: the departures from the PLOT reference code that applied (:func:`reference_departures`);
+            ``None`` leaves the section out.
     """
     results = normalize_results(metrics)
     last = results.get("last") or next(iter(results.values()), {})
@@ -304,6 +371,7 @@ def build_model_card(
         shot_rule_text=_shot_rule_text(shot_rule, many_threshold, few_threshold),
         recipe_block=_code_block(recipe_yaml, "yaml"),
         hparams_table=hparams_table(plot_hparams),
+        departures_text=departures_section(departures) if departures is not None else "",
         results_note=f"split `{dataset_split}`" if dataset_split != "test" else "",
         results_table=results_table(results),
         has_best="best_on_validation" in results,

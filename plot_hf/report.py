@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .model_card import build_model_card
+from .model_card import build_model_card, reference_departures
 from .models.remote_code import needs_remote_code
 from .plots import plot_conflict, plot_per_class_accuracy, plot_training_curves
 
@@ -59,6 +59,7 @@ def write_report(trainer: Any, recipe: Any, data: Any, results: dict[str, Any]) 
         many_threshold=data.stats.many_shot_threshold,
         few_threshold=data.stats.few_shot_threshold,
         remote_code=needs_remote_code(trainer.model.config) if hasattr(trainer.model, "config") else None,
+        departures=reference_departures(trainer.args, recipe.model.model_name, recipe.model.model_args),
     )
     card.save(out / "README.md")
     trainer.plot_model_card = out / "README.md"

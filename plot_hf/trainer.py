@@ -115,9 +115,12 @@ class PLOTTrainer(VerifiedCheckpointsMixin, Trainer):
         model.train()
         inputs = self._prepare_inputs(inputs)
         pixel_values, per_sample_loss, class_labels = self._baseline(inputs["pixel_values"], inputs["labels"])
+        moo_loss = None
+        if self.args.mixup_alpha > 0 and self.args.moo_loss == "first_label":
+            moo_loss = self._first_label_loss(class_labels)
         self._snapshot_before_kept_perturbation()
         clean_loss, diagnostics = self._plot_step.run(  # type: ignore[union-attr]
-            model, pixel_values, class_labels, per_sample_loss, self._training_loop_hooks()
+            model, pixel_values, class_labels, per_sample_loss, self._training_loop_hooks(), moo_loss=moo_loss
         )
         for key, value in vars(diagnostics).items():
             self._plot_logs[f"plot/{key}"].append(value)
@@ -174,6 +177,15 @@ class PLOTTrainer(VerifiedCheckpointsMixin, Trainer):
 
         return pixel_values, plain_loss, labels
 
+    def _first_label_loss(self, labels: torch.Tensor):
+        """The loss at the perturbed point under ``moo_loss="first_label"`` (the reference code): the baseline's
+        per-sample loss on the first label of each mixed pair, ``l_i = loss(z_i, y_a,i)``, on the mixed inputs."""
+
+        def first_label_loss(logits: torch.Tensor) -> torch.Tensor:
+            return self.loss_fn(logits, labels)
+
+        return first_label_loss
+
     def _loss_scaler_scale(self) -> float:
         """The fp16 loss-scaler's current scale (1.0 without one)."""
         scaler = getattr(self.accelerator, "scaler", None)
@@ -212,6 +224,17 @@ class PLOTTrainer(VerifiedCheckpointsMixin, Trainer):
             )
         return super()._get_train_sampler(train_dataset)
 
+    def get_train_dataloader(self):
+        """``Trainer``'s training loader; with ``train_drop_last`` it drops the last, smaller batch of each epoch
+        (``dataloader_drop_last`` is set for this loader only, so evaluation still sees every sample)."""
+        if not self.args.train_drop_last or self.args.dataloader_drop_last:
+            return super().get_train_dataloader()
+        self.args.dataloader_drop_last = True
+        try:
+            return super().get_train_dataloader()
+        finally:
+            self.args.dataloader_drop_last = False
+
     # -------------------------------------------------------------------------------------- schedule, log
     def create_scheduler(self, num_training_steps: int, optimizer: torch.optim.Optimizer | None = None):
         if self.args.lr_milestones is None or self.lr_scheduler is not None:
@@ -224,6 +247,7 @@ class PLOTTrainer(VerifiedCheckpointsMixin, Trainer):
             warmup_epochs=self.args.lr_warmup_epochs,
             milestones=self.args.lr_milestones,
             decay=self.args.lr_decay,
+            timing=self.args.lr_schedule_timing,
         )
         self._created_lr_scheduler = True
         return self.lr_scheduler
@@ -236,6 +260,14 @@ class PLOTTrainer(VerifiedCheckpointsMixin, Trainer):
         super().create_model_card(*args, **kwargs)
 
     # ------------------------------------------------------------------------------------ faults: optimizer
+    # ------------------------------------------------------------------------- faults: optimizer, checkpoints
+    def get_decay_parameter_names(self, model: nn.Module) -> list[str]:
+        """Every parameter with ``weight_decay_all_parameters`` (the reference's single SGD over all of them);
+        otherwise ``Trainer``'s rule (biases and LayerNorm weights undecayed)."""
+        if self.args.weight_decay_all_parameters:
+            return [name for name, _ in model.named_parameters()]
+        return super().get_decay_parameter_names(model)
+
     def create_optimizer(self, *args: Any, **kwargs: Any):
         """``Trainer``'s optimizer, its ``step`` wrapped by the non-finite guard (skips NaN/inf steps)."""
         optimizer = super().create_optimizer(*args, **kwargs)

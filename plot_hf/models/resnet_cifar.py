@@ -8,6 +8,12 @@ parameters at 10 classes). This is the standard network of Cao et al.; the PLOT 
 ``classifier="normed"`` (a model argument, so it is saved in the config and rebuilt on load) gives the cosine
 classifier of LDAM-DRW (:class:`~plot_hf.losses.NormedLinear`) instead of the linear one.
 
+``classifier_init`` (a model argument) initialises the linear classifier: ``"kaiming_normal"`` (default, as
+LDAM-DRW's code, which applies its Kaiming initialisation to ``nn.Linear`` too) or ``"torch_default"``
+(``nn.Linear``'s own initialisation, uniform in ``+-1/sqrt(fan_in)``: the PLOT reference code, whose Kaiming
+initialisation runs before its classifier is created). The CIFAR recipes use ``"torch_default"``. The
+convolutions are Kaiming-normal either way; ``reset_classifier`` gives a new head ``nn.Linear``'s own.
+
 ``resnet32_cifar_gn``: the same network with GroupNorm instead of BatchNorm. Its samples do not interact
 through normalisation, so a class's gradient is exactly the sum of its samples' gradients.
 
@@ -25,6 +31,7 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 from torch import nn
 
 CIFAR_ARCHITECTURES = ("resnet20_cifar", "resnet32_cifar", "resnet32_cifar_gn", "resnet56_cifar")
+CLASSIFIER_INITS = ("kaiming_normal", "torch_default")
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2023, 0.1994, 0.2010)
 
@@ -76,6 +83,7 @@ class CifarResNet(nn.Module):
         norm: str = "batch",
         classifier: str = "linear",
         drop_rate: float = 0.0,
+        classifier_init: str = "kaiming_normal",
         **unknown: object,
     ):
         super().__init__()
@@ -88,6 +96,9 @@ class CifarResNet(nn.Module):
             raise ValueError(f"`norm` must be 'batch' or 'group', got {norm!r}.")
         if classifier not in ("linear", "normed"):
             raise ValueError(f"`classifier` must be 'linear' or 'normed', got {classifier!r}.")
+        if classifier_init not in CLASSIFIER_INITS:
+            raise ValueError(f"`classifier_init` must be one of {CLASSIFIER_INITS}, got {classifier_init!r}.")
+        self.classifier_init = classifier_init
         norm_layer = nn.BatchNorm2d if norm == "batch" else _group_norm
         self.classifier_kind = classifier
         self.num_classes = num_classes
@@ -122,9 +133,11 @@ class CifarResNet(nn.Module):
         return nn.Linear(self.num_features, num_classes)
 
     def _init_weights(self) -> None:
-        # Kaiming-normal for convolutions and the classifier, as in the LDAM-DRW / PLOT code.
+        # Kaiming-normal for the convolutions (LDAM-DRW and PLOT code), and for the linear classifier only with
+        # classifier_init="kaiming_normal" (LDAM-DRW); "torch_default" keeps nn.Linear's own (PLOT code).
+        kinds = (nn.Conv2d, nn.Linear) if self.classifier_init == "kaiming_normal" else (nn.Conv2d,)
         for module in self.modules():
-            if isinstance(module, nn.Conv2d | nn.Linear):
+            if isinstance(module, kinds):
                 nn.init.kaiming_normal_(module.weight)
 
     def get_classifier(self) -> nn.Module:

@@ -147,12 +147,15 @@ class PLOTStep:
         class_labels: torch.Tensor,
         per_sample_loss: PerSampleLoss,
         hooks: TrainingLoopHooks | None = None,
+        moo_loss: PerSampleLoss | None = None,
     ) -> tuple[torch.Tensor, StepDiagnostics]:
         """Run the step; return the clean-point batch-mean loss (detached) and diagnostics.
 
         ``model`` is the model as the training loop runs it (DDP-wrapped, say) for the clean forward;
         ``per_sample_loss(logits)`` gives the baseline's per-sample losses (mixup included); ``class_labels``
-        the class of each sample (the first label under mixup), which groups samples into objectives.
+        the class of each sample (the first label under mixup), which groups samples into objectives;
+        ``moo_loss``, when given, replaces ``per_sample_loss`` at the perturbed point (objectives, variability
+        collapse, the total whose backward gives the other parameters' gradients; ``PLOTConfig.moo_loss``).
         """
         hooks = hooks or TrainingLoopHooks()
         host_reads = self.host_reads if self.host_reads is not None else pixel_values.device.type == "cpu"
@@ -161,7 +164,7 @@ class PLOTStep:
         ids = self.objective_ids(class_labels)  # the objective of each sample: its class or class group
         scope = self.reducer.scope(ids, self.objective_ids.num_ids)  # ids present (on any rank), batch size
         epsilon = self._perturbation(scope.mean(clean_losses), hooks.grad_scale, host_reads)  # 2. perturb
-        point = self._replayed_forward(pixel_values, per_sample_loss, epsilon, hooks)  # 3. replay
+        point = self._replayed_forward(pixel_values, moo_loss or per_sample_loss, epsilon, hooks)  # 3. replay
         problem = PerturbedObjectives(  # 4. objectives
             objectives=scope.objectives(point.losses, ids),
             positions=torch.searchsorted(scope.classes, ids),
