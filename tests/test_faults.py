@@ -1,6 +1,6 @@
 """Faults: verifiable checkpoints, resume after SIGKILL, kill during a save, corrupted checkpoints, NaN/inf steps.
 
-``python tests/test_faults.py --trials N`` measures the kill/resume figures quoted in the README.
+``python tests/test_faults.py --trials N`` repeats the kill/resume trial of docs/guide/reliability.md.
 """
 
 from __future__ import annotations
