@@ -35,6 +35,7 @@ DOC_FILES = [ROOT / "README.md", ROOT / "benchmarks" / "README.md", *sorted((ROO
 SHELL_LANGUAGES = {"bash", "sh", "shell", "console"}
 REPO_DIRS = ("recipes/", "benchmarks/", "tests/", "docs/", "model_cards/", "plot_hf/", ".ci/")
 FENCE = re.compile(r"^(\s*)```\s*([\w+-]*)")
+ENV_ASSIGNMENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=")
 
 
 @dataclass(frozen=True)
@@ -70,17 +71,28 @@ def split_commands(text: str, source: str) -> list[Command]:
         tokens = shlex.split(line, comments=True)
         while tokens:
             cut = tokens.index("&&") if "&&" in tokens else len(tokens)
-            commands.append(Command(tuple(tokens[:cut]), source))
+            argv = tokens[:cut]
+            while argv and ENV_ASSIGNMENT.match(argv[0]):  # `OMP_NUM_THREADS=1 python ...`
+                argv = argv[1:]
+            if argv:
+                commands.append(Command(tuple(argv), source))
             tokens = tokens[cut + 1 :]
     return commands
 
 
+INLINE_COMMAND = re.compile(r"`((?:[A-Z_]+=\S+ )*python3? [^`]+)`")
+
+
 def shell_commands() -> list[Command]:
+    """The commands of the shell code blocks, and the ``python ...`` commands shown inline in the text."""
     commands = []
     for path in DOC_FILES:
         for language, text, line in code_blocks(path):
             if language in SHELL_LANGUAGES:
                 commands += split_commands(text, f"{path.relative_to(ROOT)}:{line}")
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            for match in INLINE_COMMAND.finditer(line):
+                commands += split_commands(match.group(1), f"{path.relative_to(ROOT)}:{number} (inline)")
     return commands
 
 
@@ -114,13 +126,13 @@ def entry_point(command: Command) -> EntryPoint | None:
             return EntryPoint("module", argv[2], argv[3:])
         return EntryPoint("script", argv[1], argv[2:])
     if argv[:2] == ("accelerate", "launch"):
-        rest = list(argv[2:])
-        while rest and rest[0] != "-m" and not rest[0].endswith(".py"):
-            rest = rest[2:] if rest[0].startswith("--") and "=" not in rest[0] else rest[1:]
-        if rest and rest[0] == "-m":
-            return EntryPoint("module", rest[1], tuple(rest[2:]))
-        if rest:
-            return EntryPoint("script", rest[0], tuple(rest[1:]))
+        rest = argv[2:]  # the launcher's own options, then `-m MODULE` or `SCRIPT.py`, then its arguments
+        if "-m" in rest:
+            at = rest.index("-m")
+            return EntryPoint("module", rest[at + 1], rest[at + 2 :])
+        scripts = [i for i, token in enumerate(rest) if token.endswith(".py")]
+        if scripts:
+            return EntryPoint("script", rest[scripts[0]], rest[scripts[0] + 1 :])
     return None
 
 
@@ -139,10 +151,11 @@ def test_the_documentation_shows_commands() -> None:
 
 
 def test_collector_splits_chains_continuations_and_comments() -> None:
-    text = 'pip install -e ".[dev]" && python -m pytest -q   # the tests\naccelerate launch -m a \\\n    b.yaml\n'
+    text = ('pip install -e ".[dev]" && python -m pytest -q   # the tests\naccelerate launch -m a \\\n    b.yaml\n'
+            "OMP_NUM_THREADS=1 python x.py\n")
     argvs = [c.argv for c in split_commands(text, "x:1")]
     assert argvs == [("pip", "install", "-e", ".[dev]"), ("python", "-m", "pytest", "-q"),
-                     ("accelerate", "launch", "-m", "a", "b.yaml")]
+                     ("accelerate", "launch", "-m", "a", "b.yaml"), ("python", "x.py")]
     launch = entry_point(Command(("accelerate", "launch", "--config_file", "c.yaml", "-m", "m", "r.yaml"), "x"))
     assert launch == EntryPoint("module", "m", ("r.yaml",))
 
@@ -183,7 +196,7 @@ def check_pip_install(command: Command) -> None:
         assert set(extras) <= declared.keys(), f"{command}: extra(s) {set(extras) - declared.keys()} not declared"
 
 
-TRAIN_COMMANDS = [c for c in COMMANDS if (e := entry_point(c)) and e.target == "plot_hf.train"]
+TRAIN_COMMANDS = [c for c in COMMANDS if (e := entry_point(c)) and e.target == "plot_hf.train" and e.args]
 
 
 @pytest.mark.parametrize("command", TRAIN_COMMANDS, ids=str)
