@@ -119,8 +119,8 @@ def test_build_is_fast():
     data = build_datasets(disk_cfg(10, seed=1))
     elapsed = time.perf_counter() - start
     assert len(data.train) == 12_406
-    # Guards against decoding the images while selecting (minutes for 50,000 of them), not a speed claim:
-    # the bound holds on a loaded 2-core machine (the build's speed is measured by no unit test).
+    # Guards against decoding the images while selecting (minutes for 50,000 of them); not a speed measurement,
+    # so the bound leaves room for a loaded machine.
     assert elapsed < 30.0, f"CIFAR-10-LT build took {elapsed:.2f} s: are the images decoded while selecting?"
 
 
