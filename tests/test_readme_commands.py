@@ -253,7 +253,12 @@ def help_outputs(clone_env: dict[str, str]) -> dict[str, tuple[int, str, str]]:
                                          stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     outputs = {}
     for target, proc in procs.items():
-        stdout, stderr = proc.communicate(timeout=900)
+        try:
+            stdout, stderr = proc.communicate(timeout=600)
+        except subprocess.TimeoutExpired:  # a script that ignores --help and does its work
+            proc.kill()
+            stdout, stderr = proc.communicate()
+            stderr += f"\n{target} --help did not return within 600 s: give it an argument parser"
         outputs[target] = (proc.returncode, stdout, stderr)
     return outputs
 
