@@ -342,7 +342,7 @@ def _cagrad(gram: torch.Tensor, anchor: torch.Tensor) -> torch.Tensor:
 @contextmanager
 def constant_batch_stats(model: torch.nn.Module) -> Iterator[None]:
     """Train-mode batch norms normalise with the batch statistics held constant (detached): the network becomes
-    sample-separable, and its per-class gradients leave out the statistics' term (README, "Why batch norm")."""
+    sample-separable, and its per-class gradients leave out the statistics' term (benchmarks/README.md, "Why batch norm")."""
     norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d) and m.training]
 
     def constant(x: torch.Tensor, m: torch.nn.BatchNorm2d) -> torch.Tensor:

@@ -60,9 +60,8 @@ class PLOTConfig(TrainingArguments):
             the CIFAR ResNet-32, `layer4` of a ResNet-50, the last `stages.N` of timm's stage-based models).
         moo_gradient_method (`str`, *optional*, defaults to `"auto"`):
             How per-class gradients are computed. `"auto"` picks an exact method from the model:
-            `"per_sample_split"` when no batch norm runs in or after the MOO stage (e.g. `resnet32_cifar_gn`:
-            2.1x a vanilla step at 100 classes on a CPU), else `"batched"` on an accelerator and `"loop"` on a
-            CPU (12.5x there; measured in the README's performance section).
+            `"per_sample_split"` when no batch norm runs in or after the MOO stage (e.g. `resnet32_cifar_gn`),
+            else `"batched"` on an accelerator and `"loop"` on a CPU.
             `"loop"` (one `autograd.grad` per class) or `"batched"` (batched vector-Jacobian products in chunks
             of `moo_chunk_size` classes, or as many as `moo_chunk_memory_mb` allows), both exact; `"per_sample_split"`
             (exact from ONE backward: per-sample gradients of the stage's modules summed by class; only for models
@@ -79,8 +78,7 @@ class PLOTConfig(TrainingArguments):
             largest number of classes `c` with `c * (A + P * s)` within it, `A` the bytes that the forward from
             the MOO stage saved for backward (measured during that forward), `P * s` the bytes of one class's
             gradient row (`plot_hf.moo.chunking`); at least one class. An estimate from above of the call's
-            extra memory (ResNet-32: 45 MiB a class estimated, about 9 MiB measured), portable across models
-            and batch sizes, unlike a class count. Exclusive with
+            extra memory, portable across models and batch sizes, unlike a class count. Exclusive with
             `moo_chunk_size`. Set one of the two for large backbones on accelerators (where `"auto"` picks
             `"batched"`): with neither, all classes present go in one call (ResNeXt-50's `layer4` at batch 256
             saves 1.8 GiB a class).

@@ -369,8 +369,8 @@ def resolve_gradient_method(
 ) -> str:
     """``"auto"`` -> ``"per_sample_split"`` (exact, one backward) when no batch norm runs in or after the MOO
     stage; else exact per-class backward passes: ``"batched"`` vector-Jacobian products on an accelerator,
-    ``"loop"`` on a CPU (as fast within noise there, and 1.5x instead of 2.7x a vanilla step's peak memory;
-    see README, Performance). Other values are kept as given."""
+    ``"loop"`` on a CPU (as fast there, with a lower peak memory: ``benchmarks/README.md``). Other values are
+    kept as given."""
     if requested != "auto":
         return requested
     names = [name for name, _ in model.named_modules()]

@@ -1,4 +1,4 @@
-"""The bad-input table of the README: one test per row, through ``load_recipe`` + ``plot_hf.train.run``.
+"""The bad-input table of docs/guide/reliability.md: one test per row, through ``load_recipe`` + ``plot_hf.train.run``.
 
 Each case must fail with an error naming the cause, before training starts, and leave what the output folder
 already held untouched.

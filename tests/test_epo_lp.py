@@ -181,7 +181,7 @@ def test_strictly_feasible_random_lps(k: int) -> None:
 
 
 def infeasible_lps() -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """``(cost, M, h)`` of LPs infeasible by a clear margin (shared with tests/test_lp_ipm.py)."""
+    """``(cost, M, h)`` of LPs infeasible by a clear margin."""
     rng = np.random.default_rng(0)
     k = 20
     m = rng.standard_normal((10, k))
@@ -217,7 +217,7 @@ def test_infeasible_at_k300() -> None:
 # ---------------------------------------------------------------- degenerate LPs
 def tie_lps(k: int) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """LPs ``C x >= 0`` with ties in the cost: all equal (every feasible point is optimal), all zero, and
-    pairs of equal costs (shared with tests/test_lp_ipm.py)."""
+    pairs of equal costs."""
     rng = np.random.default_rng(k)
     g = class_gradients(k, "plain", rng)
     c = g @ g.T
@@ -233,7 +233,7 @@ def test_ties_in_the_cost(k: int) -> None:
 
 def zero_and_duplicate_row_lps(k: int) -> tuple[list, list]:
     """``(lps, feasible)``: EPO's LPs for a Gramian with zero rows and columns (zero gradients), and the
-    relaxed one with every row repeated 3 times or with zero rows appended (shared with tests/test_lp_ipm.py)."""
+    relaxed one with every row repeated 3 times or with zero rows appended."""
     rng = np.random.default_rng(k + 1)
     g = class_gradients(k, "common", rng)
     g[rng.random(k) < 0.3] = 0.0  # zero gradients: zero rows and columns of C

@@ -1,6 +1,6 @@
 """Faults: verifiable checkpoints, resume after SIGKILL, kill during a save, corrupted checkpoints, NaN/inf steps.
 
-``python tests/test_faults.py --trials N`` measures the kill/resume figures quoted in the README.
+``python tests/test_faults.py --trials N`` repeats the kill/resume trial of docs/guide/reliability.md.
 """
 
 from __future__ import annotations
@@ -28,7 +28,10 @@ from plot_hf.checkpoint import (
     write_manifest,
 )
 from plot_hf.guard import NonFiniteTrainingError
-from tests.helpers import collate, parameters_of, tensor_dataset, tiny_model
+
+if __name__ == "__main__" and not __package__:  # run as a script from the repository root
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tests.helpers import collate, parameters_of, tensor_dataset, tiny_model  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -313,6 +313,28 @@ print(json.dumps([out_logits, out_ids]))
     assert out_logits["nll"] == pytest.approx(expected["nll"], rel=1e-5)
     assert out_logits["ece"] == pytest.approx(expected["ece"], abs=1e-6)
     expected_ids = lt_metrics(logits.argmax(1), labels, counts, rule="inclusive")
-    assert out_ids.keys() == expected_ids.keys()
-    for key, value in expected_ids.items():  # pytest.approx does not take nested lists inside a mapping
-        assert out_ids[key] == pytest.approx(value), key
+    assert_nested_close(out_ids, expected_ids)
+
+
+def assert_nested_close(actual: object, expected: object, where: str = "result") -> None:
+    """Compare nested dicts/lists of numbers leaf by leaf (``pytest.approx`` rejects nested containers)."""
+    if isinstance(expected, dict):
+        assert isinstance(actual, dict) and actual.keys() == expected.keys(), where
+        for key, value in expected.items():
+            assert_nested_close(actual[key], value, f"{where}[{key!r}]")
+    elif isinstance(expected, list | tuple):
+        assert isinstance(actual, list | tuple) and len(actual) == len(expected), where
+        for index, value in enumerate(expected):
+            assert_nested_close(actual[index], value, f"{where}[{index}]")
+    elif isinstance(expected, float | int) and not isinstance(expected, bool):
+        assert actual == pytest.approx(expected), where
+    else:
+        assert actual == expected, where
+
+
+def test_assert_nested_close_finds_a_differing_leaf():
+    assert_nested_close({"a": [1.0, None], "b": 2}, {"a": [1.0 + 1e-12, None], "b": 2})
+    with pytest.raises(AssertionError, match=r"result\['a'\]\[0\]"):
+        assert_nested_close({"a": [1.1, None]}, {"a": [1.0, None]})
+    with pytest.raises(AssertionError, match=r"result\['a'\]\[1\]"):
+        assert_nested_close({"a": [1.0, 0.5]}, {"a": [1.0, None]})

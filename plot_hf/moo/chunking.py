@@ -7,9 +7,8 @@ is ``c * (A + P * s)`` bytes, with ``A`` the bytes that the forward saved for ba
 parameters themselves left out), ``P`` the number of MOO parameters and ``s`` the bytes of one gradient entry.
 It counts every activation's cotangent as alive at once, while autograd frees each one once it is used: an
 estimate from above, not a proof (a cotangent of an operation that saves nothing, such as an addition, is not
-counted; few are alive at once). Measured on ResNet-32 at 100 classes: about 9 MiB a class against the
-estimate's 45 MiB. The chunk is the largest ``c`` within the bound, and at least 1 (one class at a time, the
-loop's memory).
+counted; few are alive at once); how loose it is on ResNet-32 is measured in ``benchmarks/README.md``. The
+chunk is the largest ``c`` within the bound, and at least 1 (one class at a time, the loop's memory).
 
 ``A`` is measured, not modelled: :func:`count_saved_bytes` records the storages that autograd saves during the
 forward (``torch.autograd.graph.saved_tensors_hooks``), each storage once. Only shapes are read: no value
