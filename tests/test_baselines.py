@@ -90,6 +90,12 @@ def test_cifar_recipes_carry_the_reference_values(path, tmp_path):
         assert (training.num_train_epochs, stage2.method, stage2.epochs, stage2.learning_rate) == (
             200, "crt_mixup", 30, 0.01
         )
+        # the reference's optimiser and step (METHOD.md, "The reference pipeline, point by point")
+        assert (training.weight_decay_all_parameters, training.lr_schedule_timing, training.train_drop_last) == (
+            True, "epoch_start", True
+        )
+        assert (training.moo_loss, training.max_grad_norm, training.mixup_alpha) == ("first_label", 0.0, 1.0)
+        assert recipe.model.model_args == {"classifier_init": "torch_default"}
     else:
         assert f"no PLOT config was released for {recipe.model.baseline}" in " ".join(w for w in header.split() if w != "#")
 
