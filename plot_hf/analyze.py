@@ -38,9 +38,9 @@ from .data.builder import build_datasets
 from .data.transforms import build_transforms, collate_fn, with_transforms
 from .losses import build_loss
 from .models.hf import load_image_classifier
+from .models.introspection import resolve_moo_parameters
 from .recipe import load_recipe
 from .train import preprocessing_of
-from .trainer import resolve_moo_parameters
 
 
 def log_history_of(run_dir: str | Path) -> list[dict[str, Any]]:

@@ -13,9 +13,9 @@ import torch.nn.functional as F
 import plot_hf  # noqa: F401
 import plot_hf.step as step_module
 from plot_hf import PLOTConfig
+from plot_hf.models.introspection import class_prior_anchor, resolve_moo_parameters
 from plot_hf.moo.chunking import chunk_for_memory, count_saved_bytes
 from plot_hf.step import PLOTStep
-from plot_hf.trainer import class_prior_anchor, resolve_moo_parameters
 
 from .helpers import Wrapper
 

@@ -11,9 +11,9 @@ import torch
 import torch.nn.functional as F
 
 import plot_hf  # noqa: F401
+from plot_hf.models.introspection import class_prior_anchor, resolve_moo_parameters
 from plot_hf.moo import get_solver
 from plot_hf.step import PLOTStep
-from plot_hf.trainer import class_prior_anchor, resolve_moo_parameters
 
 from .helpers import Wrapper, forbid_host_reads
 
