@@ -65,7 +65,7 @@ STAGE_LISTS = ("stages", "stage", "layers", "layer", "blocks", "block")
 
 def _last_block_of_stage_list(model: nn.Module) -> str | None:
     """transformers-native backbones: the last entry of the largest ``ModuleList`` / ``Sequential`` named like a
-    list of stages or blocks (``resnet.encoder.stages.1``, ``convnext.encoder.stages.3``, ``vit.encoder.layer.11``,
+    list of stages or blocks (``resnet.encoder.stages.1``, ``convnext.encoder.stages.3``, ``vit.layers.11``,
     ``swin.encoder.layers.3``, ``efficientnet.encoder.blocks.15``)."""
     lists = [
         (name, module) for name, module in model.named_modules()
@@ -81,7 +81,7 @@ def _last_block_of_stage_list(model: nn.Module) -> str | None:
 def default_moo_stage(model: nn.Module) -> str:
     """Name of the last stage of the backbone: from timm's ``feature_info`` (e.g. ``layer3``, ``stages.3``), else
     the last block of the backbone's list of stages (transformers-native models, e.g. ``resnet.encoder.stages.1``,
-    ``vit.encoder.layer.11``)."""
+    ``vit.layers.11``)."""
     backbone = getattr(model, "timm_model", model)
     info = getattr(backbone, "feature_info", None)
     if info is not None:
@@ -94,24 +94,31 @@ def default_moo_stage(model: nn.Module) -> str:
         return stage
     raise ValueError(
         f"Cannot find the last stage of {type(backbone).__name__} (no timm `feature_info`, no ModuleList named "
-        f"{'/'.join(STAGE_LISTS)} such as transformers' `resnet.encoder.stages` or `vit.encoder.layer`); set `moo_modules` to "
+        f"{'/'.join(STAGE_LISTS)} such as transformers' `resnet.encoder.stages` or `vit.layers`); set `moo_modules` to "
         "the module name(s) of the shared representation, e.g. ['layer4']."
     )
+
+
+def _needs_per_class_backward(module: nn.Module) -> bool:
+    """Modules the one-pass split cannot take: batch norm (couples the samples of a batch in training) and window
+    attention (Swin: ``window_size``; it folds windows into the batch dimension and adds a relative-position bias
+    computed from no sample)."""
+    return isinstance(module, nn.modules.batchnorm._BatchNorm) or hasattr(module, "window_size")
 
 
 def resolve_gradient_method(
     model: nn.Module, moo: MOOParameters, requested: str, device: torch.device | str = "cpu"
 ) -> str:
-    """``"auto"`` -> ``"per_sample_split"`` (exact, one backward) when no batch norm runs in or after the MOO
-    stage; else exact per-class backward passes: ``"batched"`` vector-Jacobian products on an accelerator,
-    ``"loop"`` on a CPU (as fast within noise there, and 1.5x instead of 2.7x a vanilla step's peak memory;
-    see README, Performance). Other values are kept as given."""
+    """``"auto"`` -> ``"per_sample_split"`` (exact, one backward) when no batch norm and no window attention runs
+    in or after the MOO stage (ViT, DeiT, ConvNeXt, GroupNorm ResNets); else exact per-class backward passes:
+    ``"batched"`` vector-Jacobian products on an accelerator, ``"loop"`` on a CPU (as fast within noise there,
+    and 1.5x instead of 2.7x a vanilla step's peak memory; see README, Performance). Other values are kept."""
     if requested != "auto":
         return requested
     names = [name for name, _ in model.named_modules()]
     start = names.index(moo.stage_name)
     for _, module in list(model.named_modules())[start:]:
-        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+        if _needs_per_class_backward(module):
             return "loop" if torch.device(device).type == "cpu" else "batched"
     return "per_sample_split"
 
