@@ -112,6 +112,26 @@ def build_model(
     )
 
 
+def model_and_transforms(recipe: Recipe, data: LTData, checkpoint: Checkpoint | None) -> tuple[torch.nn.Module, Any, Any]:
+    """The run's model (:func:`build_model`) and its train / eval transforms, with the run's preprocessing (the
+    checkpoint's when fine-tuning, see :func:`recipe_preprocessing`)."""
+    preprocessing = recipe_preprocessing(recipe.model, recipe.data, checkpoint)
+    model = build_model(recipe.model, data, recipe.data, checkpoint, preprocessing)
+    train_tf, eval_tf = build_transforms(
+        recipe.data.transform, preprocessing["input_size"][-1], preprocessing["mean"], preprocessing["std"],
+        crop_pct=preprocessing["crop_pct"],
+    )
+    return model, train_tf, eval_tf
+
+
+def layerwise_optimizer(model_args: ModelArguments, model: torch.nn.Module, args: PLOTConfig) -> Any:
+    """The optimizer with per-layer rates when the recipe sets ``head_lr_scale`` or ``layer_decay``
+    (:mod:`plot_hf.models.param_groups`); ``None`` (``Trainer`` builds its own) otherwise."""
+    if model_args.head_lr_scale == 1.0 and model_args.layer_decay is None:
+        return None
+    return fine_tuning_optimizer(model, args, model_args.head_lr_scale, model_args.layer_decay)
+
+
 def resume_argument(value: str | None, output_dir: str) -> str | bool | None:
     """``resume_from_checkpoint`` of a recipe: ``last`` / ``auto`` / ``true`` -> the newest checkpoint of
     ``output_dir`` that verifies (``auto``: start afresh when there is none), a path -> that checkpoint (verified:
@@ -143,12 +163,7 @@ def run(recipe: Recipe) -> dict[str, Any]:
     data = build_datasets(recipe.data)
     if args.class_counts is None:
         args.class_counts = list(data.stats.counts)
-    preprocessing = recipe_preprocessing(recipe.model, recipe.data, checkpoint)
-    model = build_model(recipe.model, data, recipe.data, checkpoint, preprocessing)
-    train_tf, eval_tf = build_transforms(
-        recipe.data.transform, preprocessing["input_size"][-1], preprocessing["mean"], preprocessing["std"],
-        crop_pct=preprocessing["crop_pct"],
-    )
+    model, train_tf, eval_tf = model_and_transforms(recipe, data, checkpoint)
     train = with_transforms(data.train, train_tf)
     validation = with_transforms(data.validation, eval_tf) if data.validation is not None else None
     test = with_transforms(data.test, eval_tf) if data.test is not None else None
@@ -163,12 +178,9 @@ def run(recipe: Recipe) -> dict[str, Any]:
         "rule": "strict" if data.stats.shot_rule == "strict" else "oltr",
     }
     trainer_cls = M2mTrainer if args.m2m is not None else PLOTTrainer
-    optimizer = None
-    if recipe.model.head_lr_scale != 1.0 or recipe.model.layer_decay is not None:
-        optimizer = fine_tuning_optimizer(model, args, recipe.model.head_lr_scale, recipe.model.layer_decay)
     trainer = trainer_cls(
         model=model,
-        optimizers=(optimizer, None),
+        optimizers=(layerwise_optimizer(recipe.model, model, args), None),
         args=args,
         train_dataset=train,
         eval_dataset=validation,

@@ -13,6 +13,7 @@ import json
 from pathlib import Path
 from types import SimpleNamespace
 
+import datasets
 import pytest
 import timm
 import torch
@@ -43,7 +44,7 @@ from plot_hf.recipe import load_recipe
 from plot_hf.train import build_model, preprocessing_of, recipe_preprocessing, run
 
 from .helpers import collate, tensor_dataset
-from .test_data_fixtures import places_lt_fixture
+from .test_data_fixtures import cifar_on_disk, places_lt_fixture
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 VIT_ARGS = dict(img_size=16, patch_size=4, depth=2, embed_dim=32, num_heads=2)
@@ -294,3 +295,25 @@ def test_places_lt_recipe_fine_tunes_a_local_pretrained_resnet(tmp_path):
     saved = load_image_classifier(str(tmp_path / "out"))
     assert saved.config.num_labels == 3 and saved.config.model_args["layers"] == [1, 1, 1, 1]
     assert saved.config.pretrained_cfg["mean"] == [0.485, 0.456, 0.406]
+
+
+@pytest.mark.slow
+def test_cifar100_lt_vit_recipe_fine_tunes_a_local_pretrained_vit(tmp_path, monkeypatch):
+    recipe = load_recipe(RECIPES / "cifar100_lt_vit.yaml", ["--use_cpu", "true", "--bf16", "false"])
+    assert recipe.model.model_name == "timm/vit_small_patch16_224.augreg_in21k_ft_in1k"
+    assert recipe.training.optim == "adamw_torch" and recipe.training.lr_scheduler_type == "cosine"
+    assert recipe.model.layer_decay == 0.75 and recipe.training.moo_gradient_method == "auto"
+    source = datasets.load_from_disk(cifar_on_disk(100))
+    monkeypatch.setattr("plot_hf.data.sources.load_dataset", lambda path, *a, **k: source)
+    folder, _ = _timm_vit_folder(tmp_path)
+    overrides = [
+        "--output_dir", str(tmp_path / "out"), "--model_name", folder, "--max_steps", "2",
+        "--per_device_train_batch_size", "8", "--per_device_eval_batch_size", "64", "--use_cpu", "true",
+        "--bf16", "false", "--report_to", "none", "--dataloader_num_workers", "0", "--save_strategy", "no",
+        "--disable_tqdm", "true", "--data.image_size", "16",
+    ]
+    results = run(load_recipe(RECIPES / "cifar100_lt_vit.yaml", overrides))
+    assert 0.0 <= results["last"]["test_accuracy"] <= 1.0
+    saved = load_image_classifier(str(tmp_path / "out"))
+    assert saved.config.num_labels == 100 and saved.config.model_args["drop_path_rate"] == 0.1
+    assert saved.config.pretrained_cfg["mean"] == [0.5, 0.5, 0.5]
