@@ -15,7 +15,7 @@ Printed side by side, in one run:
   CPU that is tensor memory); on CUDA the growth of ``torch.cuda.max_memory_allocated``; and the ratio;
 * fidelity: cosine between the MOO stage's update direction with the split and with per-class backward passes
   (``loop``), and between their K x P per-class gradient matrices (both exact: about 1.0);
-* where the PLOT step's time goes: cProfile's cumulative seconds of one step, by function (top entries).
+* where the PLOT step's time goes: cProfile of one step, the functions with the most time of their own.
 
 ``--reps N`` sets the repetitions (default 3); ``--device cuda`` runs on a GPU.
 """
@@ -179,8 +179,9 @@ def fidelity(device: torch.device) -> dict[str, float]:
     }
 
 
-def profile_plot_step(device: torch.device, top: int) -> list[tuple[str, float]]:
-    """Cumulative seconds of one split PLOT step by function (cProfile), the step itself excluded."""
+def profile_plot_step(device: torch.device, top: int) -> list[tuple[str, float, float]]:
+    """Where one split PLOT step's time goes (cProfile): ``(function, own seconds, cumulative seconds)`` of the
+    functions with the most time of their own (tensor kernels run inside them)."""
     model = build_vit(SETTING["classes"], device)
     x, y = inputs(device)
     step = make_plot_step(model, "per_sample_split")
@@ -192,11 +193,11 @@ def profile_plot_step(device: torch.device, top: int) -> list[tuple[str, float]]
     profiler.disable()
     stats = pstats.Stats(profiler).stats  # type: ignore[attr-defined]
     rows = []
-    for (file, line, func), (_, _, _, cumulative, _) in stats.items():
+    for (file, line, func), (_, _, own, cumulative, _) in stats.items():
         short = f"{Path(file).parent.name}/{Path(file).name}:{func}" if line else func
-        rows.append((short, cumulative))
+        rows.append((short, own, cumulative))
     rows.sort(key=lambda row: -row[1])
-    return [row for row in rows if "run_plot" not in row[0] and "profile" not in row[0]][:top]
+    return rows[:top]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -223,9 +224,9 @@ def main(argv: list[str] | None = None) -> None:
     print("\n## fidelity of the split (cosine to per-class backward passes)\n")
     for name, value in fidelity(device).items():
         print(f"- {name}: {value:.6f}")
-    print("\n## where one PLOT (per_sample_split) step spends its time (cProfile, cumulative s)\n")
-    for name, seconds in profile_plot_step(device, args.top):
-        print(f"- {seconds:7.3f}  {name}")
+    print("\n## where one PLOT (per_sample_split) step spends its time (cProfile: own s, cumulative s)\n")
+    for name, own, cumulative in profile_plot_step(device, args.top):
+        print(f"- {own:7.3f} {cumulative:7.3f}  {name}")
 
 
 if __name__ == "__main__":
