@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import fnmatch
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from ..step import MOOParameters
+if TYPE_CHECKING:  # imported on use below, so that the step's modules may import this one
+    from ..step import MOOParameters
 
 __all__ = [
     "STAGE_LISTS",
@@ -111,8 +112,8 @@ def resolve_gradient_method(
 ) -> str:
     """``"auto"`` -> ``"per_sample_split"`` (exact, one backward) when no batch norm and no window attention runs
     in or after the MOO stage (ViT, DeiT, ConvNeXt, GroupNorm ResNets); else exact per-class backward passes:
-    ``"batched"`` vector-Jacobian products on an accelerator, ``"loop"`` on a CPU (as fast within noise there,
-    and 1.5x instead of 2.7x a vanilla step's peak memory; see README, Performance). Other values are kept."""
+    ``"batched"`` vector-Jacobian products on an accelerator, ``"loop"`` on a CPU (as fast there, with a lower
+    peak memory: ``benchmarks/README.md``). Other values are kept as given."""
     if requested != "auto":
         return requested
     names = [name for name, _ in model.named_modules()]
@@ -125,6 +126,8 @@ def resolve_gradient_method(
 
 def resolve_moo_parameters(model: nn.Module, patterns: Sequence[str] | None) -> MOOParameters:
     """Match ``patterns`` (globs relative to the backbone, or to the model) to modules; collect their parameters."""
+    from ..step import MOOParameters
+
     prefix = "timm_model." if hasattr(model, "timm_model") else ""
     patterns = list(patterns) if patterns else [default_moo_stage(model)]
     module_names = [name for name, _ in model.named_modules() if name]
