@@ -42,15 +42,17 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 import plot_hf  # noqa: E402, F401
-from benchmarks.step_cost import Wrapper, class_counts, long_tailed_labels, run_plot, synchronize  # noqa: E402
-from plot_hf.models.introspection import (  # noqa: E402
-    class_prior_anchor,
-    resolve_gradient_method,
-    resolve_moo_parameters,
+from benchmarks.step_cost import (  # noqa: E402
+    Wrapper,
+    class_counts,
+    long_tailed_labels,
+    plot_step,
+    run_plot,
+    synchronize,
 )
+from plot_hf.models.introspection import resolve_gradient_method, resolve_moo_parameters  # noqa: E402
 from plot_hf.moo import per_class_gradients, per_class_objectives  # noqa: E402
 from plot_hf.moo.split import SplitCapture  # noqa: E402
-from plot_hf.step import PLOTStep  # noqa: E402
 
 SETTING = dict(classes=100, present=100, batch=128, image=32)
 VIT = dict(img_size=32, patch_size=4)
@@ -73,13 +75,10 @@ def plain_step(model: Wrapper, x: torch.Tensor, y: torch.Tensor) -> None:
     F.cross_entropy(model(x), y).backward()
 
 
-def make_plot_step(model: Wrapper, method: str) -> PLOTStep:
-    """The PLOT step as the trainer builds it (default stage), with ``method`` (``auto`` resolved by the caller)."""
-    moo = resolve_moo_parameters(model, None)
-    step = PLOTStep(moo=moo, solver_name="cagrad", solver_kwargs={"alpha": 0.5, "rescale": 1}, rho=1e-4,
-                    keep_fraction=0.0, vc_weight=0.02, gradient_method=method)
-    step._table = class_prior_anchor(class_counts(SETTING["classes"]))  # type: ignore[attr-defined]
-    return step
+def make_plot_step(model: Wrapper, method: str):
+    """The PLOT step as the trainer builds it (``step_cost.plot_step``) on the default stage, with ``method``."""
+    stage = resolve_moo_parameters(model, None).stage_name
+    return plot_step(model, class_counts(SETTING["classes"]), stage, gradient_method=method)
 
 
 def variants(model: Wrapper, device: torch.device, with_loop: bool) -> dict:
