@@ -44,12 +44,12 @@ from scipy.optimize import minimize
 
 import plot_hf  # noqa: F401
 from plot_hf import PLOTConfig
+from plot_hf.models.introspection import class_prior_anchor, resolve_gradient_method, resolve_moo_parameters
 from plot_hf.moo import per_class_gradients, per_class_objectives
 from plot_hf.moo.class_groups import frequency_groups, group_anchor_table
 from plot_hf.moo.sketch import frozen_batch_stats, sketch_gramian
 from plot_hf.moo.solvers import CAGrad
 from plot_hf.step import PLOTStep, build_plot_step
-from plot_hf.trainer import class_prior_anchor, resolve_gradient_method, resolve_moo_parameters
 
 SKIPPABLE = ("timing", "memory", "fidelity", "solvers")
 LAST_BLOCK = "last block only (loop)"  # moo_modules = the last block of layer3: exact, on fewer parameters

@@ -35,12 +35,12 @@ from .analysis.measures import (
 from .analysis.plots import plot_against_frequency, plot_analysis_history, plot_conflict_heatmap
 from .checkpoint import list_checkpoints
 from .data.builder import build_datasets
-from .data.transforms import build_transforms, collate_fn, with_transforms
+from .data.transforms import collate_fn, with_transforms
 from .losses import build_loss
 from .models.hf import load_image_classifier
+from .models.introspection import resolve_moo_parameters
 from .recipe import load_recipe
-from .train import preprocessing_of
-from .trainer import resolve_moo_parameters
+from .train import eval_transform_of
 
 
 def log_history_of(run_dir: str | Path) -> list[dict[str, Any]]:
@@ -76,9 +76,7 @@ def analyze(
     device = "cuda" if torch.cuda.is_available() and not recipe.training.use_cpu else "cpu"
     model.to(device)
     counts = list(data.stats.counts)
-    preprocessing = preprocessing_of(recipe.data)
-    _, eval_tf = build_transforms(recipe.data.transform, recipe.data.image_size, preprocessing["mean"],
-                                  preprocessing["std"])
+    eval_tf = eval_transform_of(recipe.data, model)  # a fine-tuned checkpoint's own preprocessing
     train = with_transforms(data.train, eval_tf)
     batches = fixed_batches(train, collate_fn, num_batches, recipe.training.per_device_train_batch_size,
                             seed=recipe.training.seed)

@@ -18,12 +18,12 @@ import torch
 from torch.utils.data import DataLoader
 
 from .data.builder import build_datasets
-from .data.transforms import build_transforms, collate_fn, with_transforms
+from .data.transforms import collate_fn, with_transforms
 from .metrics import lt_metrics
 from .models.hf import load_image_classifier
 from .plots import plot_per_class_accuracy
 from .recipe import load_recipe
-from .train import preprocessing_of
+from .train import eval_transform_of
 
 
 @torch.no_grad()
@@ -47,9 +47,7 @@ def evaluate_model(model_path: str, recipe_path: str | None, split: str = "test"
     model = load_image_classifier(model_path)
     if model.config.num_labels != data.num_classes:
         raise ValueError(f"Model {model_path!r} has {model.config.num_labels} labels; the data {data.num_classes}.")
-    preprocessing = preprocessing_of(recipe.data)
-    _, eval_tf = build_transforms(recipe.data.transform, recipe.data.image_size, preprocessing["mean"],
-                                  preprocessing["std"])
+    eval_tf = eval_transform_of(recipe.data, model)  # a fine-tuned checkpoint's own preprocessing
     device = "cuda" if torch.cuda.is_available() and not recipe.training.use_cpu else "cpu"
     logits, labels = predict_logits(model, with_transforms(dataset, eval_tf),
                                     recipe.training.per_device_eval_batch_size, device)

@@ -53,9 +53,23 @@ def read_yaml(text: str) -> Any:
 class ModelArguments:
     """The model of a recipe.
 
-    model_name (`str`, defaults to `"resnet32_cifar"`): a timm architecture (trained from scratch), or a local
-        folder / Hub id of a saved image classifier (fine-tuned; loaded with `from_pretrained`).
-    model_args (`dict`, *optional*): keyword arguments of the timm architecture (e.g. `{"drop_rate": 0.1}`).
+    model_name (`str`, defaults to `"resnet32_cifar"`): a timm architecture (trained from scratch), or a pretrained
+        checkpoint to fine-tune: a local folder or a Hub id in timm's format (`timm/resnet152.tv_in1k`,
+        `timm/vit_small_patch16_224.augreg_in21k_ft_in1k`) or transformers' (`google/vit-base-patch16-224-in21k`,
+        a saved plot-hf model). Its backbone weights are loaded; the head is kept when it has the data's number of
+        classes, else re-created for them (`plot_hf.models.pretrained`). A checkpoint that cannot be had is an
+        error before any data is loaded (offline, `HF_HUB_OFFLINE=1`, only the local cache is read).
+    model_args (`dict`, *optional*): keyword arguments of the timm architecture (e.g. `{"drop_rate": 0.1}`,
+        `{"layers": [1, 1, 1, 1]}`), or config overrides of a transformers checkpoint (`{"drop_path_rate": 0.1}`).
+    image_mean, image_std (`list[float]`, *optional*): normalisation; default: the checkpoint's (pretrained), else
+        the data transform's.
+    crop_pct (`float`, *optional*): eval centre-crop fraction of the `imagenet` transform; default: the
+        checkpoint's (pretrained), else 0.875.
+    head_lr_scale (`float`, defaults to `1.0`): the classifier's learning rate is `learning_rate` times this.
+    layer_decay (`float`, *optional*): layer-wise learning-rate decay of a timm backbone (BEiT / MAE
+        fine-tuning): a block `d` layers below the classifier learns at `layer_decay ** d` times the rate.
+        Either setting builds the optimizer's groups with `plot_hf.models.param_groups` (no weight decay on 1-D
+        parameters and position embeddings, as timm's fine-tuning does).
     baseline_metrics (`str`, *optional*): a `metrics.json` of a baseline run, compared in the model card.
     baseline (`str`, *optional*): a baseline of `plot_hf.baselines.BASELINES` (e.g. `ldam_drw`); its loss,
         sampler, classifier and stage-2 defaults fill every key the recipe does not set.
@@ -68,6 +82,11 @@ class ModelArguments:
     baseline_metrics: str | None = field(default=None, metadata={"help": "metrics.json of a baseline run."})
     baseline: str | None = field(default=None, metadata={"help": "Baseline of plot_hf.baselines.BASELINES."})
     classifier: str = field(default="linear", metadata={"help": "Classifier head: linear or normed (cosine)."})
+    image_mean: list[float] | None = field(default=None, metadata={"help": "Normalisation mean (override)."})
+    image_std: list[float] | None = field(default=None, metadata={"help": "Normalisation std (override)."})
+    crop_pct: float | None = field(default=None, metadata={"help": "Eval centre-crop fraction (override)."})
+    head_lr_scale: float = field(default=1.0, metadata={"help": "Classifier learning rate / learning_rate."})
+    layer_decay: float | None = field(default=None, metadata={"help": "Layer-wise learning-rate decay (timm)."})
     stage2: dict | None = field(default=None, metadata={"help": "Stage 2 (plot_hf.stage2.Stage2Config)."})
 
 

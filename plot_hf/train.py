@@ -26,6 +26,15 @@ from .m2m import M2mTrainer
 from .metrics import LTMetrics, make_preprocess_logits_for_metrics
 from .models import count_parameters, create_image_classifier
 from .models.hf import load_image_classifier, use_normed_classifier
+from .models.param_groups import fine_tuning_optimizer
+from .models.pretrained import (
+    PREPROCESSING_KEYS,
+    Checkpoint,
+    checkpoint_preprocessing,
+    is_checkpoint_name,
+    load_pretrained_classifier,
+    resolve_checkpoint,
+)
 from .preprocessing import eval_preprocessing
 from .recipe import ModelArguments, Recipe, load_recipe
 from .report import write_report
@@ -35,28 +44,84 @@ from .trainer import PLOTTrainer
 logger = logging.getLogger("plot_hf.train")
 
 
-def preprocessing_of(data: DataConfig) -> dict[str, Any]:
-    """Input size, mean, std and crop fraction that the data config's eval transform implies (for the card,
-    ``AutoImageProcessor`` and ``pipeline``)."""
-    return eval_preprocessing(data.transform, data.image_size)
+def preprocessing_of(data: DataConfig, model: torch.nn.Module | None = None) -> dict[str, Any]:
+    """Input size, mean, std and crop fraction of the eval transform (for the card, ``AutoImageProcessor`` and
+    ``pipeline``): the data config's transform defaults, or, given a ``model`` fine-tuned from a pretrained
+    checkpoint, the values stored in its ``config.pretrained_cfg`` (see :mod:`plot_hf.models.pretrained`)."""
+    found = eval_preprocessing(data.transform, data.image_size)
+    stored = getattr(getattr(model, "config", None), "pretrained_cfg", None) or {}
+    if getattr(getattr(model, "config", None), "fine_tuned_from", None):
+        found.update({key: stored[key] for key in PREPROCESSING_KEYS if stored.get(key) is not None})
+    return {key: tuple(value) if isinstance(value, list) else value for key, value in found.items()}
 
 
-def build_model(model_args: ModelArguments, data: LTData, data_config: DataConfig) -> torch.nn.Module:
-    """A fresh timm architecture, or a saved classifier (local folder / Hub id) to fine-tune."""
-    if Path(model_args.model_name).is_dir() or "/" in model_args.model_name:
-        model = load_image_classifier(model_args.model_name)
+def eval_transform_of(data: DataConfig, model: torch.nn.Module | None = None) -> Any:
+    """The deterministic eval transform of ``data`` for ``model`` (its stored preprocessing when fine-tuned from a
+    pretrained checkpoint, see :func:`preprocessing_of`)."""
+    found = preprocessing_of(data, model)
+    _, eval_tf = build_transforms(data.transform, found["input_size"][-1], found["mean"], found["std"],
+                                  crop_pct=found["crop_pct"])
+    return eval_tf
+
+
+def recipe_preprocessing(model_args: ModelArguments, data_config: DataConfig,
+                         checkpoint: Checkpoint | None) -> dict[str, Any]:
+    """Preprocessing of a run: the data config's defaults for a model trained from scratch; for a pretrained
+    checkpoint, the checkpoint's own (input size, mean, std, crop fraction), with what the recipe sets on top
+    (``data.image_size``, ``image_mean``, ``image_std``, ``crop_pct``)."""
+    found = preprocessing_of(data_config)
+    size = data_config.image_size
+    overrides = {
+        "input_size": (3, size, size) if size else None,
+        "mean": model_args.image_mean, "std": model_args.image_std, "crop_pct": model_args.crop_pct,
+    }
+    if checkpoint is None:
+        found.update({key: value for key, value in overrides.items() if value is not None})
+        return {key: tuple(value) if isinstance(value, list) else value for key, value in found.items()}
+    return {**found, **checkpoint_preprocessing(checkpoint, overrides)}
+
+
+def build_model(
+    model_args: ModelArguments, data: LTData, data_config: DataConfig, checkpoint: Checkpoint | None = None,
+    preprocessing: dict[str, Any] | None = None,
+) -> torch.nn.Module:
+    """A fresh timm architecture, or a pretrained checkpoint (local folder / Hub id, resolved beforehand by
+    :func:`plot_hf.models.pretrained.resolve_checkpoint`) with its head sized to the data's classes."""
+    preprocessing = preprocessing or recipe_preprocessing(model_args, data_config, checkpoint)
+    if checkpoint is None and is_checkpoint_name(model_args.model_name):
+        checkpoint = resolve_checkpoint(model_args.model_name)
+    if checkpoint is not None:
+        model = load_pretrained_classifier(
+            checkpoint, data.label_names, preprocessing=preprocessing, model_args=model_args.model_args
+        )
+        model.config.fine_tuned_from = checkpoint.name
         if model_args.classifier == "normed":
             use_normed_classifier(model, keep_weight=getattr(model.config, "normed_classifier", False))
-        if model.config.num_labels != len(data.label_names):
-            raise ValueError(
-                f"Model {model_args.model_name!r} has {model.config.num_labels} labels, the data "
-                f"{len(data.label_names)}."
-            )
         return model
     return create_image_classifier(
         model_args.model_name, data.label_names, model_args=model_args.model_args,
-        classifier=model_args.classifier, **preprocessing_of(data_config),
+        classifier=model_args.classifier, **preprocessing,
     )
+
+
+def model_and_transforms(recipe: Recipe, data: LTData, checkpoint: Checkpoint | None) -> tuple[torch.nn.Module, Any, Any]:
+    """The run's model (:func:`build_model`) and its train / eval transforms, with the run's preprocessing (the
+    checkpoint's when fine-tuning, see :func:`recipe_preprocessing`)."""
+    preprocessing = recipe_preprocessing(recipe.model, recipe.data, checkpoint)
+    model = build_model(recipe.model, data, recipe.data, checkpoint, preprocessing)
+    train_tf, eval_tf = build_transforms(
+        recipe.data.transform, preprocessing["input_size"][-1], preprocessing["mean"], preprocessing["std"],
+        crop_pct=preprocessing["crop_pct"],
+    )
+    return model, train_tf, eval_tf
+
+
+def layerwise_optimizer(model_args: ModelArguments, model: torch.nn.Module, args: PLOTConfig) -> Any:
+    """The optimizer with per-layer rates when the recipe sets ``head_lr_scale`` or ``layer_decay``
+    (:mod:`plot_hf.models.param_groups`); ``None`` (``Trainer`` builds its own) otherwise."""
+    if model_args.head_lr_scale == 1.0 and model_args.layer_decay is None:
+        return None
+    return fine_tuning_optimizer(model, args, model_args.head_lr_scale, model_args.layer_decay)
 
 
 def resume_argument(value: str | None, output_dir: str) -> str | bool | None:
@@ -84,15 +149,13 @@ def run(recipe: Recipe) -> dict[str, Any]:
                 raise
             logger.warning("%s Training without the upload (`hub_allow_offline`).", error)
             args.push_to_hub = False
+    name = recipe.model.model_name
+    checkpoint = resolve_checkpoint(name) if is_checkpoint_name(name) else None  # before any data is loaded
     set_seed(args.seed)
     data = build_datasets(recipe.data)
     if args.class_counts is None:
         args.class_counts = list(data.stats.counts)
-    model = build_model(recipe.model, data, recipe.data)
-    preprocessing = preprocessing_of(recipe.data)
-    train_tf, eval_tf = build_transforms(
-        recipe.data.transform, recipe.data.image_size, preprocessing["mean"], preprocessing["std"]
-    )
+    model, train_tf, eval_tf = model_and_transforms(recipe, data, checkpoint)
     train = with_transforms(data.train, train_tf)
     validation = with_transforms(data.validation, eval_tf) if data.validation is not None else None
     test = with_transforms(data.test, eval_tf) if data.test is not None else None
@@ -109,6 +172,7 @@ def run(recipe: Recipe) -> dict[str, Any]:
     trainer_cls = M2mTrainer if args.m2m is not None else PLOTTrainer
     trainer = trainer_cls(
         model=model,
+        optimizers=(layerwise_optimizer(recipe.model, model, args), None),
         args=args,
         train_dataset=train,
         eval_dataset=validation,

@@ -16,7 +16,7 @@ from PIL import Image
 from transformers import ConvNextImageProcessor, ResNetConfig, ResNetForImageClassification
 
 from plot_hf.models import create_image_classifier
-from plot_hf.trainer import default_moo_stage
+from plot_hf.models.introspection import default_moo_stage
 
 SCRIPT = Path(__file__).parent / "scripts" / "run_image_classification.py"
 COUNTS = {"cat": 12, "dog": 6, "fox": 3}  # long-tailed, 3 classes

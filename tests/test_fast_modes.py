@@ -11,6 +11,7 @@ import torch.nn.functional as F
 import plot_hf  # noqa: F401
 from plot_hf import PLOTConfig, PLOTTrainer
 from plot_hf.models import create_image_classifier
+from plot_hf.models.introspection import class_prior_anchor
 from plot_hf.moo import gramian, per_class_gradients, per_class_objectives
 from plot_hf.moo.amortised import CoefficientCache, weighted_gradient
 from plot_hf.moo.class_groups import frequency_groups, group_anchor_table
@@ -18,7 +19,6 @@ from plot_hf.moo.sketch import frozen_batch_stats, sketch_gramian
 from plot_hf.moo.solvers import SOLVERS
 from plot_hf.moo.split import CrossSampleCouplingError
 from plot_hf.step import PLOTStep
-from plot_hf.trainer import class_prior_anchor
 
 from .helpers import Wrapper, collate, forbid_host_reads, tensor_dataset, tiny_model
 from .step_helpers import build_step, run_step

@@ -13,12 +13,12 @@ import torch.nn.functional as F
 
 import plot_hf  # noqa: F401
 from plot_hf.distributed import SingleProcess
+from plot_hf.models.introspection import class_prior_anchor
 from plot_hf.moo.class_groups import frequency_groups, group_anchor_table
 from plot_hf.moo.gramian_sources import OnePassSplit, PerClassVJPs, SketchedGramian
 from plot_hf.moo.policies import Amortised, SolveEveryStep
 from plot_hf.moo.solvers import CAGrad
 from plot_hf.step import _solve as solve_phase
-from plot_hf.trainer import class_prior_anchor
 
 from .helpers import Wrapper, forbid_host_reads
 from .step_helpers import build_step, run_step

@@ -7,8 +7,8 @@ import torch
 from transformers import Trainer, TrainingArguments
 
 from plot_hf import PLOTConfig, PLOTTrainer
+from plot_hf.models.introspection import resolve_class_counts, resolve_moo_parameters
 from plot_hf.schedule import warmup_multistep_factor
-from plot_hf.trainer import resolve_class_counts, resolve_moo_parameters
 
 from .helpers import collate, parameters_of, tensor_dataset, tiny_model
 

@@ -19,7 +19,7 @@ from .measures import (
 
 def analyze_model(trainer: Any, batches: list) -> dict[str, Any]:
     """Conflict, preference and representation measures of ``trainer.model`` on ``batches`` (eval mode)."""
-    from ..trainer import resolve_moo_parameters
+    from ..models.introspection import resolve_moo_parameters
 
     model = trainer.accelerator.unwrap_model(trainer.model)
     step = getattr(trainer, "_plot_step", None)

@@ -44,8 +44,10 @@ def build_transforms(
     image_size: int | None = None,
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
+    crop_pct: float | None = None,
 ) -> tuple[ImageTransform, ImageTransform]:
-    """``(train_transform, eval_transform)`` mapping one RGB PIL image to a float tensor."""
+    """``(train_transform, eval_transform)`` mapping one RGB PIL image to a float tensor (``crop_pct``: the
+    ``imagenet`` eval crop fraction, 0.875 unless given, e.g. by a pretrained checkpoint's configuration)."""
     size = image_size or DEFAULT_IMAGE_SIZE.get(kind)
     if kind == "cifar":
         norm = T.Normalize(mean or CIFAR_MEAN, std or CIFAR_STD)
@@ -56,7 +58,7 @@ def build_transforms(
 
         stats = {"mean": tuple(mean or IMAGENET_MEAN), "std": tuple(std or IMAGENET_STD)}
         train = create_transform(size, is_training=True, hflip=0.5, color_jitter=None, **stats)
-        evalt = create_transform(size, is_training=False, crop_pct=IMAGENET_EVAL_CROP_PCT, **stats)
+        evalt = create_transform(size, is_training=False, crop_pct=crop_pct or IMAGENET_EVAL_CROP_PCT, **stats)
         return train, evalt
     if kind == "none":
         return T.ToTensor(), T.ToTensor()

@@ -8,6 +8,7 @@ from torch import nn
 
 from ..config import PLOTConfig
 from ..distributed import has_sync_batch_norm, reducer_for
+from ..models.introspection import class_prior_anchor, resolve_gradient_method, resolve_moo_parameters
 from ..moo.class_groups import frequency_groups, group_anchor_table
 from ..moo.gramian_sources import GramianSource, OnePassSplit, PerClassVJPs, SketchedGramian
 from ..moo.objectives import ObjectiveIds
@@ -27,9 +28,6 @@ def build_plot_step(
     The MOO parameters are ``config.moo_modules`` (default: the backbone's last stage); ``"auto"`` gradient
     method resolved for the model and ``config.device``; the cross-rank reducer for the current process group.
     """
-    # Model introspection (plot_hf.trainer's helpers); imported here because the trainer imports this module.
-    from ..trainer import class_prior_anchor, resolve_gradient_method, resolve_moo_parameters
-
     moo = resolve_moo_parameters(model, config.moo_modules)
     method = resolve_gradient_method(model, moo, config.moo_gradient_method, config.device)
     reducer = reducer_for(config.moo_ddp_reduce)

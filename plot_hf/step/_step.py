@@ -34,6 +34,7 @@ from torch import nn
 from torch.func import functional_call
 
 from ..distributed import BatchScope, Reducer
+from ..models.introspection import MOOParameters
 from ..moo import (
     DirectionSlot,
     StageReplay,
@@ -50,19 +51,6 @@ from ..moo.sketch import frozen_batch_stats
 from ._solve import Solve, Solved
 
 PerSampleLoss = Callable[[torch.Tensor], torch.Tensor]
-
-
-@dataclass
-class MOOParameters:
-    """The MOO parameters of a model: names relative to the unwrapped model, and the stage to replay from."""
-
-    names: list[str]
-    params: list[nn.Parameter]
-    stage_name: str
-
-    @property
-    def numel(self) -> int:
-        return sum(p.numel() for p in self.params)
 
 
 @dataclass

@@ -18,8 +18,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from plot_hf.models.introspection import resolve_moo_parameters  # noqa: E402
 from plot_hf.moo import build_solver, per_class_gradients  # noqa: E402
-from plot_hf.trainer import resolve_moo_parameters  # noqa: E402
 from tests.helpers import tiny_model  # noqa: E402
 
 
