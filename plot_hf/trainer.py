@@ -87,6 +87,12 @@ class PLOTTrainer(VerifiedCheckpointsMixin, Trainer):
         self.add_callback(KeptPerturbationRestore(self))
 
     # ----------------------------------------------------------------------------------------------- step
+    @property
+    def gradient_method(self) -> str | None:
+        """The per-class gradient method the PLOT step uses (``moo_gradient_method`` with ``"auto"`` resolved for
+        this model and device); None when PLOT is off."""
+        return None if self._plot_step is None else self._plot_step.gradient_method
+
     def plot_active(self) -> bool:
         """Whether the current step is a PLOT step (epoch < E)."""
         epoch = self.state.epoch or 0.0
