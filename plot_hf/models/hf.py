@@ -47,8 +47,8 @@ def create_image_classifier(
 
     ``label_names`` gives ``num_labels``, ``id2label`` and ``label2id``. ``input_size``, ``mean``, ``std`` and
     ``crop_pct`` override the architecture's default preprocessing (stored in ``config.pretrained_cfg``).
-    Pretrained weights are never downloaded: fine-tuning from Hub weights goes through
-    ``AutoModelForImageClassification.from_pretrained`` instead.
+    Pretrained weights are never downloaded here: fine-tuning from a checkpoint (a Hub id or a local folder) goes
+    through :mod:`plot_hf.models.pretrained`.
     """
     if not timm.is_model(architecture):
         raise ValueError(
