@@ -58,18 +58,19 @@ def _dual_simplex(
     None if the pivot cap is reached (or the rebuilds do not help).
     """
     m1, n = tab.shape[0] - 1, tab.shape[1] - 1  # m1 = m + 1 basic rows
+    body = tab[:m1, :n]
     view = tab.numpy()  # the pricing and the ratio test read NumPy views: no torch dispatch per small step
     beta, cost = view[:m1, n], view[m1, :n]
     noise: list[int] = []  # rows whose violation is below the certificate level and cannot be pivoted on
     degenerate = refreshes = 0
     for pivots in range(max_pivots + 1):
         bland = degenerate > _DEGENERATE_RUN
-        r = _leaving_row(tab, noise, rows, bland)
+        r = _leaving_row(body, beta, noise, rows, bland)
         if r is None:
             return True
         if pivots == max_pivots:
             return None
-        q = _entering_column(view, r, cols, len(rows), bland)
+        q = _entering_column(view[r, :n], cost, cols, len(rows), bland)
         if q is None:  # no entering candidate: infeasible, unless rounding error
             if beta[r] >= -_CERTIFICATE:
                 noise.append(r)
@@ -84,53 +85,51 @@ def _dual_simplex(
                 degenerate = 0
             continue
         degenerate = degenerate + 1 if float(view[m1, q]) <= _DUAL else 0
-        _pivot(tab, r, q)
+        _pivot(tab, r, q, float(view[r, q]))
         np.clip(cost, 0.0, None, out=cost)  # Harris' slack may leave d_j in [-_DUAL, 0): keep d >= 0
         noise.clear()
         rows[r], cols[q] = cols[q], rows[r]
     return None
 
 
-def _leaving_row(tab: Tensor, noise: list[int], rows: list[int], bland: bool) -> int | None:
+def _leaving_row(body: Tensor, beta: np.ndarray, noise: list[int], rows: list[int], bland: bool) -> int | None:
     """The leaving row by dual steepest edge, ``argmax beta_r^2 / w_r`` over ``beta_r < -_FEASIBILITY`` (rows in
     ``noise`` excluded), with ``w_i = 1 + ||T_i||^2`` (the squared norm of the row of ``x_B[i]`` in the full
     tableau; recomputed each pivot, one pass like the update itself: the update formula ``w_i - 2 f_i T_i.T_r
     + f_i^2 w_r`` costs as much and loses all accuracy within tens of pivots); by Bland's rule (smallest
-    variable index) if ``bland``. None if no row is violated (an optimum)."""
-    m1, n = tab.shape[0] - 1, tab.shape[1] - 1
-    beta = tab.numpy()[:m1, n]
+    variable index) if ``bland``. ``body`` is ``T`` and ``beta`` a NumPy view of the last column. None if no
+    row is violated (an optimum)."""
     violated = beta < -_FEASIBILITY
     violated[noise] = False
     if bland:
-        r = int(np.argmin(np.where(violated, rows, len(rows) + n)))
+        r = int(np.argmin(np.where(violated, rows, len(rows) + body.shape[1])))
     else:
-        weights = torch.linalg.vector_norm(tab[:m1, :n], dim=1).square_().add_(1.0).numpy()
+        weights = torch.linalg.vector_norm(body, dim=1).square_().add_(1.0).numpy()
         r = int(np.argmax(np.where(violated, beta * beta / weights, -1.0)))
     return r if violated[r] else None
 
 
-def _entering_column(view: np.ndarray, r: int, cols: list[int], num_rows: int, bland: bool) -> int | None:
-    """The entering column for leaving row r by Harris' two-pass ratio test: ``min d_j / -T_rj`` over
-    ``T_rj < -_PIVOT``, with slack ``_DUAL``, then among the near-minimal ratios the largest ``|T_rj|`` (by
-    Bland's rule, the smallest variable index, if ``bland``). None if no entry qualifies."""
-    m1, n = view.shape[0] - 1, view.shape[1] - 1
-    cost = view[m1, :n]
-    step = -view[r, :n]  # -T_rj: x_B[r] grows by step_j per unit of x_N[j]
+def _entering_column(
+    row: np.ndarray, cost: np.ndarray, cols: list[int], num_rows: int, bland: bool
+) -> int | None:
+    """The entering column for the leaving row ``T_r`` (``row``) by Harris' two-pass ratio test: ``min d_j /
+    -T_rj`` over ``T_rj < -_PIVOT``, with slack ``_DUAL``, then among the near-minimal ratios the largest
+    ``|T_rj|`` (by Bland's rule, the smallest variable index, if ``bland``). None if no entry qualifies."""
+    step = -row  # -T_rj: x_B[r] grows by step_j per unit of x_N[j]
     candidate = step > _PIVOT
     bound = np.min((cost[candidate] + _DUAL) / step[candidate], initial=math.inf)
     if not math.isfinite(bound):
         return None
     near = candidate & (cost <= bound * step)
     if bland:
-        return int(np.argmin(np.where(near, cols, num_rows + n)))
+        return int(np.argmin(np.where(near, cols, num_rows + len(cost))))
     return int(np.argmax(np.where(near, step, 0.0)))
 
 
-def _pivot(tab: Tensor, r: int, q: int) -> None:
-    """Exchange basic row r and nonbasic column q in place: with ``p = T_rq`` and ``f_i = T_iq / p``,
+def _pivot(tab: Tensor, r: int, q: int, pivot: float) -> None:
+    """Exchange basic row r and nonbasic column q in place: with ``p = T_rq`` (``pivot``) and ``f_i = T_iq / p``,
     ``T_r <- T_r / p``, ``T_i <- T_i - f_i T_r`` (one rank-1 update of the whole tableau, ``beta``, ``d`` and
     ``z_0`` included) and column q becomes ``(-f_i, 1 / p)``."""
-    pivot = float(tab[r, q])
     column = tab[:, q].clone()
     new_row = tab[r] / pivot
     column[r] = 0.0
