@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, NoReturn
 
 from transformers import TrainingArguments
 
@@ -19,6 +19,11 @@ ANCHORS = ("class_prior", "uniform")
 GRADIENT_METHODS = ("auto", "loop", "batched", "sketch", "per_sample_split")
 MOO_LOSSES = ("first_label", "mixup")
 SCHEDULE_TIMINGS = ("epoch_end", "epoch_start")
+
+
+def _fail(key: str, value: object, expected: str) -> NoReturn:
+    """Raise the ``ValueError`` of a bad config value: the key, the value and what is allowed."""
+    raise ValueError(f"`{key}`={value!r} is invalid: {expected}.")
 
 
 @dataclass
@@ -298,85 +303,111 @@ class PLOTConfig(TrainingArguments):
         super().__post_init__()
 
     def _validate_plot_arguments(self) -> None:
-        def fail(key: str, value: object, expected: str) -> None:
-            raise ValueError(f"`{key}`={value!r} is invalid: {expected}.")
-
+        """Check PLOT's fields against their allowed values, section by section in a fixed order; the first
+        bad one raises ``ValueError`` naming the key, the value and what is allowed."""
         if not (self.moo_until_epoch >= 0 and not math.isnan(self.moo_until_epoch)):
-            fail("moo_until_epoch", self.moo_until_epoch, "it must be >= 0 (0 switches PLOT off)")
+            _fail("moo_until_epoch", self.moo_until_epoch, "it must be >= 0 (0 switches PLOT off)")
+        self._check_solver_keys()
+        self._check_step_keys()
+        self._check_training_keys()
+        self._check_gramian_cost_keys()
+        self._check_schedule_keys()
+        self._check_monitoring_keys()
+
+    def _check_solver_keys(self) -> None:
+        """`moo_solver` is registered, `moo_solver_kwargs` a dict, and the solver builds from its hyperparameters
+        (a bad one is reported under the config key that set it)."""
         if self.moo_solver not in SOLVERS:
-            fail("moo_solver", self.moo_solver, f"choose one of {SOLVERS.names()}")
+            _fail("moo_solver", self.moo_solver, f"choose one of {SOLVERS.names()}")
         if self.moo_solver_kwargs is not None and not isinstance(self.moo_solver_kwargs, dict):
-            fail("moo_solver_kwargs", self.moo_solver_kwargs, "give a dict of the solver's hyperparameters, or None")
+            _fail("moo_solver_kwargs", self.moo_solver_kwargs, "give a dict of the solver's hyperparameters, or None")
         try:
             self.build_solver()
         except ValueError as error:  # name the config key that set the bad hyperparameter
             keys = {**SOLVERS[self.moo_solver].config_keys, **dict.fromkeys(self.moo_solver_kwargs or {}, "moo_solver_kwargs")}
             key = next((k for name, k in keys.items() if f"`{name}`" in str(error)), "moo_solver_kwargs")
-            fail(key, getattr(self, key), f"solver `{self.moo_solver}` says: {str(error).rstrip('.')}")
+            _fail(key, getattr(self, key), f"solver `{self.moo_solver}` says: {str(error).rstrip('.')}")
+
+    def _check_step_keys(self) -> None:
+        """The keys of the PLOT step: anchor, gradient method, cross-rank reduction, SAM, variability collapse,
+        framework."""
         if self.moo_anchor not in ANCHORS:
-            fail("moo_anchor", self.moo_anchor, f"choose one of {ANCHORS}")
+            _fail("moo_anchor", self.moo_anchor, f"choose one of {ANCHORS}")
         if self.moo_gradient_method not in GRADIENT_METHODS:
-            fail("moo_gradient_method", self.moo_gradient_method, f"choose one of {GRADIENT_METHODS}")
+            _fail("moo_gradient_method", self.moo_gradient_method, f"choose one of {GRADIENT_METHODS}")
         if self.moo_ddp_reduce not in ("gradients", "gramian"):
-            fail("moo_ddp_reduce", self.moo_ddp_reduce, "choose 'gradients' (exact) or 'gramian' (cheap)")
+            _fail("moo_ddp_reduce", self.moo_ddp_reduce, "choose 'gradients' (exact) or 'gramian' (cheap)")
         if self.sam_rho < 0:
-            fail("sam_rho", self.sam_rho, "it must be >= 0")
+            _fail("sam_rho", self.sam_rho, "it must be >= 0")
         if not 0.0 <= self.sam_keep_fraction <= 1.0:
-            fail("sam_keep_fraction", self.sam_keep_fraction, "it must lie in [0, 1]")
+            _fail("sam_keep_fraction", self.sam_keep_fraction, "it must lie in [0, 1]")
         if self.vc_weight < 0:
-            fail("vc_weight", self.vc_weight, "it must be >= 0")
+            _fail("vc_weight", self.vc_weight, "it must be >= 0")
         if self.moo_framework not in ("plot", "plain"):
-            fail("moo_framework", self.moo_framework, "choose 'plot' or 'plain'")
+            _fail("moo_framework", self.moo_framework, "choose 'plot' or 'plain'")
+
+    def _check_training_keys(self) -> None:
+        """Sampling, mixup, the MOO loss and the fidelity switches of the training loop."""
         if self.train_sampler not in ("random", "class_balanced", "square_root"):
-            fail("train_sampler", self.train_sampler, "choose 'random', 'class_balanced' or 'square_root'")
+            _fail("train_sampler", self.train_sampler, "choose 'random', 'class_balanced' or 'square_root'")
         if not self.resample_from_epoch >= 0:
-            fail("resample_from_epoch", self.resample_from_epoch, "it must be >= 0")
+            _fail("resample_from_epoch", self.resample_from_epoch, "it must be >= 0")
         if self.mixup_alpha < 0:
-            fail("mixup_alpha", self.mixup_alpha, "it must be >= 0 (0 disables mixup)")
+            _fail("mixup_alpha", self.mixup_alpha, "it must be >= 0 (0 disables mixup)")
         if self.moo_loss not in MOO_LOSSES:
-            fail("moo_loss", self.moo_loss, f"choose one of {MOO_LOSSES}")
+            _fail("moo_loss", self.moo_loss, f"choose one of {MOO_LOSSES}")
         if self.lr_schedule_timing not in SCHEDULE_TIMINGS:
-            fail("lr_schedule_timing", self.lr_schedule_timing, f"choose one of {SCHEDULE_TIMINGS}")
+            _fail("lr_schedule_timing", self.lr_schedule_timing, f"choose one of {SCHEDULE_TIMINGS}")
         for key in ("weight_decay_all_parameters", "train_drop_last"):
             if not isinstance(getattr(self, key), bool):
-                fail(key, getattr(self, key), "it must be true or false")
+                _fail(key, getattr(self, key), "it must be true or false")
+
+    def _check_gramian_cost_keys(self) -> None:
+        """The keys that bound the cost of the per-class gradients and of the solve: chunking, sketch, amortised
+        solving, class groups, the MOO modules."""
         if self.moo_chunk_size is not None and self.moo_chunk_size < 1:
-            fail("moo_chunk_size", self.moo_chunk_size, "it must be a positive integer or None")
+            _fail("moo_chunk_size", self.moo_chunk_size, "it must be a positive integer or None")
         if self.moo_chunk_memory_mb is not None:
             if isinstance(self.moo_chunk_memory_mb, bool) or not (
                 isinstance(self.moo_chunk_memory_mb, int | float) and self.moo_chunk_memory_mb > 0
             ):
-                fail("moo_chunk_memory_mb", self.moo_chunk_memory_mb, "it must be a positive number of MiB or None")
+                _fail("moo_chunk_memory_mb", self.moo_chunk_memory_mb, "it must be a positive number of MiB or None")
             if self.moo_chunk_size is not None:
-                fail("moo_chunk_memory_mb", self.moo_chunk_memory_mb,
-                     f"`moo_chunk_size` is {self.moo_chunk_size}: set one of the two, not both")
+                _fail("moo_chunk_memory_mb", self.moo_chunk_memory_mb,
+                      f"`moo_chunk_size` is {self.moo_chunk_size}: set one of the two, not both")
         if not (isinstance(self.moo_sketch_dim, int) and self.moo_sketch_dim >= 1):
-            fail("moo_sketch_dim", self.moo_sketch_dim, "it must be a positive integer")
+            _fail("moo_sketch_dim", self.moo_sketch_dim, "it must be a positive integer")
         if not (isinstance(self.moo_solve_every, int) and self.moo_solve_every >= 1):
-            fail("moo_solve_every", self.moo_solve_every, "it must be a positive integer (1 solves every step)")
+            _fail("moo_solve_every", self.moo_solve_every, "it must be a positive integer (1 solves every step)")
         if self.moo_class_groups is not None and not (
             isinstance(self.moo_class_groups, int) and self.moo_class_groups >= 2
         ):
-            fail("moo_class_groups", self.moo_class_groups, "it must be an integer >= 2, or None (one per class)")
+            _fail("moo_class_groups", self.moo_class_groups, "it must be an integer >= 2, or None (one per class)")
         if self.moo_modules is not None and (
             not self.moo_modules or not all(isinstance(p, str) and p for p in self.moo_modules)
         ):
-            fail("moo_modules", self.moo_modules, "give a non-empty list of module-name patterns, or None")
+            _fail("moo_modules", self.moo_modules, "give a non-empty list of module-name patterns, or None")
+
+    def _check_schedule_keys(self) -> None:
+        """The class counts and the reference learning-rate schedule (milestones, warm-up, decay)."""
         if self.class_counts is not None:
             bad = [i for i, n in enumerate(self.class_counts) if int(n) < 1]
             if bad:
-                fail("class_counts", self.class_counts, f"class(es) {bad[:5]} have no training sample")
+                _fail("class_counts", self.class_counts, f"class(es) {bad[:5]} have no training sample")
         if self.lr_milestones is not None and list(self.lr_milestones) != sorted(self.lr_milestones):
-            fail("lr_milestones", self.lr_milestones, "milestones must be increasing")
+            _fail("lr_milestones", self.lr_milestones, "milestones must be increasing")
         if self.lr_warmup_epochs < 0:
-            fail("lr_warmup_epochs", self.lr_warmup_epochs, "it must be >= 0")
+            _fail("lr_warmup_epochs", self.lr_warmup_epochs, "it must be >= 0")
         if not 0 < self.lr_decay <= 1:
-            fail("lr_decay", self.lr_decay, "it must lie in (0, 1]")
+            _fail("lr_decay", self.lr_decay, "it must lie in (0, 1]")
+
+    def _check_monitoring_keys(self) -> None:
+        """The non-finite step guard and the periodic analysis."""
         for key in ("max_consecutive_bad_steps", "analysis_every_steps"):
             if getattr(self, key) < 0:
-                fail(key, getattr(self, key), "it must be >= 0 (0 switches it off)")
+                _fail(key, getattr(self, key), "it must be >= 0 (0 switches it off)")
         if self.analysis_num_batches < 1:
-            fail("analysis_num_batches", self.analysis_num_batches, "it must be >= 1")
+            _fail("analysis_num_batches", self.analysis_num_batches, "it must be >= 1")
 
     def _changed_from_defaults(self, keys: tuple[str, ...]) -> dict[str, object]:
         """The values of ``keys`` that differ from their field defaults (what the user set, as far as a dataclass

@@ -290,28 +290,13 @@ def departures_section(departures: list[str]) -> str:
 
 def build_model_card(
     *,
-    model_name: str,
-    dataset_name: str,
-    imbalance_factor: float | None,
-    backbone: str,
-    num_parameters: int | None,
-    recipe_yaml: str,
-    plot_hparams: Mapping[str, Any],
-    metrics: Mapping[str, Any],
-    baseline_metrics: Mapping[str, Any] | None = None,
-    plots: Mapping[str, str | None] | None = None,
-    base_model: str | None = None,
-    license: str = "apache-2.0",
-    repo_id: str | None = None,
-    dataset_id: str | None = None,
-    dataset_split: str = "test",
-    baseline_name: str = "Baseline",
-    shot_rule: str = "strict",
-    many_threshold: int = 100,
-    few_threshold: int = 20,
-    extra_tags: tuple[str, ...] = (),
-    remote_code: bool | None = None,
-    departures: list[str] | None = None,
+    model_name: str, dataset_name: str, imbalance_factor: float | None, backbone: str, num_parameters: int | None,
+    recipe_yaml: str, plot_hparams: Mapping[str, Any], metrics: Mapping[str, Any],
+    baseline_metrics: Mapping[str, Any] | None = None, plots: Mapping[str, str | None] | None = None,
+    base_model: str | None = None, license: str = "apache-2.0", repo_id: str | None = None,
+    dataset_id: str | None = None, dataset_split: str = "test", baseline_name: str = "Baseline",
+    shot_rule: str = "strict", many_threshold: int = 100, few_threshold: int = 20, extra_tags: tuple[str, ...] = (),
+    remote_code: bool | None = None, departures: list[str] | None = None,
 ) -> ModelCard:
     """Render the model card of a run (save it with ``card.save(output_dir / "README.md")``).
 
@@ -339,24 +324,14 @@ def build_model_card(
             ``None`` leaves the section out.
     """
     results = normalize_results(metrics)
-    last = results.get("last") or next(iter(results.values()), {})
-    baseline = normalize_results(baseline_metrics)
-    baseline_last = baseline.get("last") or next(iter(baseline.values()), {})
-    dataset_args = {"imbalance_factor": imbalance_factor} if imbalance_factor is not None else None
-    metric_args = {"shot_rule": shot_rule, "many_threshold": many_threshold, "few_threshold": few_threshold}
-    card_data = ModelCardData(
-        model_name=model_name,
-        license=license,
-        library_name="transformers",
-        pipeline_tag="image-classification",
-        tags=list(dict.fromkeys([*TAGS, *extra_tags])),
-        datasets=[dataset_id] if dataset_id else None,
-        base_model=base_model,
-        metrics=["accuracy"],
+    card_data = _card_data(
+        model_name=model_name, license=license, extra_tags=extra_tags, dataset_id=dataset_id, base_model=base_model,
         eval_results=eval_results(
-            last, dataset_name=dataset_name, dataset_id=dataset_id or dataset_name,
-            dataset_split=dataset_split, dataset_args=dataset_args, metric_args=metric_args,
-        ) or None,
+            _last_results(results), dataset_name=dataset_name, dataset_id=dataset_id or dataset_name,
+            dataset_split=dataset_split,
+            dataset_args={"imbalance_factor": imbalance_factor} if imbalance_factor is not None else None,
+            metric_args={"shot_rule": shot_rule, "many_threshold": many_threshold, "few_threshold": few_threshold},
+        ),
     )
     return ModelCard.from_template(
         card_data,
@@ -369,15 +344,64 @@ def build_model_card(
         num_parameters_text=_parameters_text(num_parameters),
         base_model=base_model,
         shot_rule_text=_shot_rule_text(shot_rule, many_threshold, few_threshold),
-        recipe_block=_code_block(recipe_yaml, "yaml"),
-        hparams_table=hparams_table(plot_hparams),
-        departures_text=departures_section(departures) if departures is not None else "",
-        results_note=f"split `{dataset_split}`" if dataset_split != "test" else "",
-        results_table=results_table(results),
-        has_best="best_on_validation" in results,
-        comparison_table=comparison_table(last, baseline_last, baseline_name) if baseline_metrics else "",
-        plots=[{"title": title, "path": path} for title, path in (plots or {}).items() if path],
+        **_training_values(recipe_yaml, plot_hparams, departures),
+        **_results_values(results, baseline_metrics, baseline_name, dataset_split, plots),
         repo_id=repo_id or model_name,
         **_how_to_use(backbone, remote_code),
         citation=CITATION,
     )
+
+
+def _last_results(results: Mapping[str, Mapping[str, Any]]) -> Mapping[str, Any]:
+    """The last-epoch set of :func:`normalize_results`, else the first set present, else ``{}``."""
+    return results.get("last") or next(iter(results.values()), {})
+
+
+def _card_data(
+    *, model_name: str, license: str, extra_tags: tuple[str, ...], dataset_id: str | None, base_model: str | None,
+    eval_results: list[EvalResult],
+) -> ModelCardData:
+    """The card's metadata: ``TAGS`` then ``extra_tags`` (without repeats) and the model-index, if any."""
+    return ModelCardData(
+        model_name=model_name,
+        license=license,
+        library_name="transformers",
+        pipeline_tag="image-classification",
+        tags=list(dict.fromkeys([*TAGS, *extra_tags])),
+        datasets=[dataset_id] if dataset_id else None,
+        base_model=base_model,
+        metrics=["accuracy"],
+        eval_results=eval_results or None,
+    )
+
+
+def _training_values(
+    recipe_yaml: str, plot_hparams: Mapping[str, Any], departures: list[str] | None
+) -> dict[str, str]:
+    """Template values of the "How it was trained" section: the recipe, PLOT's hyperparameters, the departures."""
+    return {
+        "recipe_block": _code_block(recipe_yaml, "yaml"),
+        "hparams_table": hparams_table(plot_hparams),
+        "departures_text": departures_section(departures) if departures is not None else "",
+    }
+
+
+def _results_values(
+    results: Mapping[str, Mapping[str, Any]],
+    baseline_metrics: Mapping[str, Any] | None,
+    baseline_name: str,
+    dataset_split: str,
+    plots: Mapping[str, str | None] | None,
+) -> dict[str, Any]:
+    """Template values of the results: the results table, the comparison with the baseline (last epoch) and the
+    plots that were drawn."""
+    baseline_last = _last_results(normalize_results(baseline_metrics))
+    return {
+        "results_note": f"split `{dataset_split}`" if dataset_split != "test" else "",
+        "results_table": results_table(results),
+        "has_best": "best_on_validation" in results,
+        "comparison_table": (
+            comparison_table(_last_results(results), baseline_last, baseline_name) if baseline_metrics else ""
+        ),
+        "plots": [{"title": title, "path": path} for title, path in (plots or {}).items() if path],
+    }

@@ -321,45 +321,77 @@ def build_datasets(cfg: DataConfig) -> LTData:
     dd, img, lab, names = _open(cfg)
     train_src = dd[cfg.train_split]
     labels = label_array(train_src, lab)
+    num_classes, names = _classes(cfg, labels, names)
+    check_labels(labels, num_classes, f"`{lab}` of split {cfg.train_split!r}")
+    other = {s: dd[s] for s in (cfg.validation_split, cfg.test_split) if s}
+    for s, ds in other.items():
+        check_labels(label_array(ds, lab), num_classes, f"`{lab}` of split {s!r}")
+    if cfg.indices_file:
+        saved = load_indices(cfg.indices_file)
+        chosen, val_rows = _saved_rows(cfg, saved, len(labels))
+    else:
+        saved = None
+        chosen, val_rows = _chosen_rows(cfg, train_src, labels, num_classes, img)
+    stats = ClassStats.from_labels(
+        labels[chosen], num_classes, many_shot_threshold=cfg.many_shot_threshold,
+        few_shot_threshold=cfg.few_shot_threshold, shot_rule=cfg.shot_rule,
+    )  # fmt: skip
+    _check_counts(cfg, saved, stats)
+    train, validation, test = _splits(cfg, dd, chosen, val_rows, img, lab, names)
+    indices = {"train": chosen.tolist()}
+    if val_rows.size:
+        indices["validation"] = val_rows.tolist()
+    if cfg.imbalance_profile == "none" and not val_rows.size and not cfg.indices_file:
+        indices = {}
+    return LTData(train, validation, test, stats, names, indices, cfg, source_rows=len(labels))
+
+
+def _classes(cfg: DataConfig, labels: np.ndarray, names: list[str] | None) -> tuple[int, list[str]]:
+    """The number of classes and their names: from the config, else the source's label feature, else the
+    largest label."""
     num_classes = cfg.num_classes or (len(cfg.label_names) if cfg.label_names else None)
     num_classes = num_classes or (len(names) if names else int(labels.max(initial=-1)) + 1)
     if names is not None and cfg.label_names is None and len(names) != num_classes:
         raise ValueError(
             f"`num_classes` is {num_classes} but the source's label feature has {len(names)} classes."
         )
-    names = list(cfg.label_names or names or [str(i) for i in range(num_classes)])
-    where = f"`{lab}` of split {cfg.train_split!r}"
-    check_labels(labels, num_classes, where)
-    other = {s: dd[s] for s in (cfg.validation_split, cfg.test_split) if s}
-    for s, ds in other.items():
-        check_labels(label_array(ds, lab), num_classes, f"`{lab}` of split {s!r}")
+    return num_classes, list(cfg.label_names or names or [str(i) for i in range(num_classes)])
 
-    if cfg.indices_file:
-        saved = load_indices(cfg.indices_file)
-        if saved.get("source_rows") not in (None, len(labels)):
+
+def _saved_rows(cfg: DataConfig, saved: dict, num_rows: int) -> tuple[np.ndarray, np.ndarray]:
+    """The train and validation rows of ``cfg.indices_file`` (``saved``), checked against the source's
+    ``num_rows``."""
+    if saved.get("source_rows") not in (None, num_rows):
+        raise ValueError(
+            f"`indices_file` {cfg.indices_file!r} was made from {saved['source_rows']} rows; "
+            f"the train split has {num_rows}."
+        )
+    chosen = np.asarray(saved["indices"].get("train", []), dtype=np.int64)
+    val_rows = np.asarray(saved["indices"].get("validation", []), dtype=np.int64)
+    if chosen.size and (chosen.min() < 0 or chosen.max() >= num_rows):
+        raise ValueError(f"`indices_file` {cfg.indices_file!r} has rows outside [0, {num_rows}).")
+    return chosen, val_rows
+
+
+def _chosen_rows(
+    cfg: DataConfig, train_src: Dataset, labels: np.ndarray, num_classes: int, img: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """The train rows chosen by the config's imbalance profile and selection, and the validation rows held out
+    from them (``validation_per_class`` without a ``validation_split``; else none)."""
+    chosen = _choose(cfg, train_src, labels, num_classes, img)
+    val_rows = np.zeros(0, dtype=np.int64)
+    if cfg.validation_per_class and cfg.validation_split is None:
+        chosen, val_rows = _holdout(labels, chosen, cfg.validation_per_class, num_classes, cfg.seed)
+        if not val_rows.size:
             raise ValueError(
-                f"`indices_file` {cfg.indices_file!r} was made from {saved['source_rows']} rows; "
-                f"the train split has {len(labels)}."
+                "The validation split is empty: no class has an image to hold out; "
+                "set `validation_per_class: 0` or give a `validation_split`."
             )
-        chosen = np.asarray(saved["indices"].get("train", []), dtype=np.int64)
-        val_rows = np.asarray(saved["indices"].get("validation", []), dtype=np.int64)
-        if chosen.size and (chosen.min() < 0 or chosen.max() >= len(labels)):
-            raise ValueError(f"`indices_file` {cfg.indices_file!r} has rows outside [0, {len(labels)}).")
-    else:
-        chosen = _choose(cfg, train_src, labels, num_classes, img)
-        val_rows = np.zeros(0, dtype=np.int64)
-        if cfg.validation_per_class and cfg.validation_split is None:
-            chosen, val_rows = _holdout(labels, chosen, cfg.validation_per_class, num_classes, cfg.seed)
-            if not val_rows.size:
-                raise ValueError(
-                    "The validation split is empty: no class has an image to hold out; "
-                    "set `validation_per_class: 0` or give a `validation_split`."
-                )
+    return chosen, val_rows
 
-    stats = ClassStats.from_labels(
-        labels[chosen], num_classes, many_shot_threshold=cfg.many_shot_threshold,
-        few_shot_threshold=cfg.few_shot_threshold, shot_rule=cfg.shot_rule,
-    )  # fmt: skip
+
+def _check_counts(cfg: DataConfig, saved: dict | None, stats: ClassStats) -> None:
+    """The class counts match those recorded in the indices file (if any) and no class is left empty."""
     if cfg.indices_file and saved.get("counts") not in (None, list(stats.counts)):
         raise ValueError(
             f"`indices_file` {cfg.indices_file!r} recorded class counts {saved['counts'][:5]}..., but its rows "
@@ -369,6 +401,12 @@ def build_datasets(cfg: DataConfig) -> LTData:
     if empty:
         raise ValueError(f"Class(es) {empty[:10]} are left with 0 training images ({len(empty)} in all).")
 
+
+def _splits(
+    cfg: DataConfig, dd: DatasetDict, chosen: np.ndarray, val_rows: np.ndarray, img: str, lab: str, names: list[str]
+) -> tuple[Dataset, Dataset | None, Dataset | None]:
+    """The train, validation and test splits in the LT schema; none of them empty."""
+    train_src = dd[cfg.train_split]
     train = _take(train_src, chosen, img, lab, names, cfg.flatten_indices)
     if val_rows.size:
         validation = _take(train_src, val_rows, img, lab, names, cfg.flatten_indices)
@@ -380,10 +418,5 @@ def build_datasets(cfg: DataConfig) -> LTData:
     for s, ds in (("train", train), ("validation", validation), ("test", test)):
         if ds is not None and len(ds) == 0:
             raise ValueError(f"The {s} split is empty.")
-    indices = {"train": chosen.tolist()}
-    if val_rows.size:
-        indices["validation"] = val_rows.tolist()
-    if cfg.imbalance_profile == "none" and not val_rows.size and not cfg.indices_file:
-        indices = {}
-    return LTData(train, validation, test, stats, names, indices, cfg, source_rows=len(labels))
+    return train, validation, test
 

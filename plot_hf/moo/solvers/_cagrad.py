@@ -50,8 +50,8 @@ class CAGrad(Solver):
         alpha: the conflict-aversion radius, ``c = alpha * ||g0||`` (>= 0; 0 gives the plain ``ones(K)``).
         rescale: division of the direction: 0 none, 1 ``1 + alpha^2`` (reference), 2 ``1 + alpha``.
         tol: relative accuracy of the certified objective gap of the dual (> 0).
-        max_iter: interior-point iterations at most (>= 1; 9-17 reach ``tol = 1e-9`` on typical and
-            ill-conditioned Gramians alike).
+        max_iter: interior-point iterations at most (>= 1; the count needed does not grow with the
+            conditioning of the Gramian).
 
     Example:
         >>> import torch

@@ -38,12 +38,12 @@ put it outside), so the bound holds whatever the rounding errors of the iteratio
 ``F(w) - D <= tol * max(|w^T A b| + c sqrt(w^T A w + eps), c sqrt(mean diag A))`` (relative, with a floor
 at the size of ``c ||g_k||`` for ``F* ~ 0``).
 
-Iterations to ``tol = 1e-9``: 9-17 on the benchmark families whatever the conditioning of ``A`` (gradient
-norms over 4.5 decades, condition numbers ~1e9), about 20 where the optimum sits at the kink of the norm
-(0 in the hull of the gradients and a large ``c``), where Newton's method on ``F`` itself (or on ``F``
-smoothed by the cone's barrier) can stall. The loop stops at convergence, or when a step fails (a failed
-Cholesky factorisation or a non-finite direction), and returns the best iterate by ``F``. Everything runs in
-float64 on the host, in units where ``mean diag A = 1`` (the iterates do not depend on the units).
+The number of iterations does not grow with the conditioning of ``A`` (gradient norms over several
+decades), and the method also converges where the optimum sits at the kink of the norm (0 in the hull of the
+gradients and a large ``c``), where Newton's method on ``F`` itself (or on ``F`` smoothed by the cone's
+barrier) can stall. The loop stops at convergence, or when a step fails (a failed Cholesky factorisation or a
+non-finite direction), and returns the best iterate by ``F``. Everything runs in float64 on the host, in
+units where ``mean diag A = 1`` (the iterates do not depend on the units).
 """
 
 from __future__ import annotations
@@ -84,6 +84,80 @@ class _State(NamedTuple):
 
     vectors: Tensor  # (3, K)
     scalars: Tensor  # (3,)
+
+
+class _Point(NamedTuple):
+    """The iterate and the products with ``A`` that the Newton systems use."""
+
+    w: Tensor
+    z1: Tensor
+    zeta: Tensor
+    t: Tensor
+    y: Tensor
+    zeta_d: Tensor
+    aw: Tensor  # A w
+    azeta: Tensor  # A zeta
+    ww: Tensor  # (w, A w): the body s_1 as a pair (v, A v)
+    zz: Tensor  # (zeta, A zeta): the body z_1
+    q: Tensor  # |s_1|^2 = w^T A w + eps
+    r: Tensor  # s_1^T z_1
+    m: Tensor  # |z_1|^2
+
+
+class _Scaling(NamedTuple):
+    """The Nesterov-Todd scaling ``W`` of the cone pair ``s = (t, s_1)``, ``z = (c, z_1)`` and the terms of the
+    reduced K x K system built from it (see the module)."""
+
+    big_s: Tensor  # s^T J s
+    big_z: Tensor  # z^T J z
+    rs: Tensor  # sqrt(S)
+    rz: Tensor  # sqrt(Z)
+    rsz: Tensor  # sqrt(S Z) = lambda^T J lambda
+    nu_mu: Tensor  # (K + 1) mu
+    gamma: Tensor
+    s0: Tensor  # t / sqrt(S)
+    z0: Tensor  # c / sqrt(Z)
+    two_gamma: Tensor
+    na: Tensor  # a, the first entry of w^
+    eta2: Tensor
+    inv_eta2: Tensor
+    two_inv_eta2: Tensor
+    vx: Tensor  # v = vx s_1 + vz z_1
+    vz: Tensor
+    beta: Tensor  # 2 / (2 a^2 - 1)
+    a_beta: Tensor  # a beta
+    half_beta_eta2: Tensor
+    vv: Tensor  # (v_R, A v_R)
+    p: Tensor  # A v_R
+    pd: Tensor  # the last entry of v
+    z1_w: Tensor  # z1 / w
+
+
+class _System(NamedTuple):
+    """The Cholesky factor of ``H = A - beta p p^T + eta^2 diag(z1 / w)`` (regularised), ``H^-1 1`` and
+    ``1^T H^-1 1``."""
+
+    chol: Tensor
+    info: Tensor
+    h_ones: Tensor
+    ones_h_ones: Tensor
+
+
+class _Direction(NamedTuple):
+    """A search direction: the primal part, the dual part and the products the step length needs."""
+
+    dw: Tensor
+    dt: Tensor
+    dy: Tensor
+    dww: Tensor  # (dw, A dw)
+    adw: Tensor  # A dw
+    kappa: Tensor  # a dt - p^T dw
+    p_dw: Tensor  # p^T dw
+    dz1: Tensor
+    dzz: Tensor  # (dzeta, A dzeta)
+    dzeta: Tensor
+    adzeta: Tensor
+    dzd: Tensor  # dzeta_d
 
 
 def cagrad_dual(a: Tensor, anchor: Tensor, c: float, *, max_iter: int, tol: float) -> Tensor:
@@ -139,120 +213,153 @@ def _certify(pb: _Problem, state: _State) -> tuple[float, bool]:
 
 def _iteration(pb: _Problem, state: _State) -> _State | None:
     """One predictor-corrector step from ``state``; None if it fails (no Cholesky factor, a non-finite step)."""
-    a, ab, c, c2, delta = pb.a, pb.ab, pb.c, pb.c2, pb.delta
+    point = _point(pb, state)
+    scaling = _nt_scaling(pb, point)
+    # predictor (affine scaling): W^-1 u = -z
+    system, u = _factor(pb, scaling, -(pb.ab + point.y))
+    affine = _direction(pb, scaling, system, u, -pb.c, -point.z1, -point.zz, -point.zeta_d)
+    rate_a, dadw_a, awdw_a = _inverse_step(point, scaling, affine)
+    # mu_aff = (1 - step) mu exactly: ds^T dz = dw^T (dz1 + A dzeta) = dy 1^T dw = 0 for feasible directions
+    sigma = (1.0 - rate_a.clamp_min(1.0).reciprocal()) ** 3
+    target = sigma * scaling.nu_mu / pb.nu
+    e0, k = _second_order_term(pb, point, scaling, affine, dadw_a, awdw_a)
+    d = _corrector(pb, point, scaling, system, affine, target, e0, k)
+    step = _FRACTION_TO_BOUNDARY / _inverse_step(point, scaling, d)[0].clamp_min(_FRACTION_TO_BOUNDARY)
+    if int(system.info) != 0 or not float(step) > 0:  # a non-finite direction gives a NaN or zero step
+        return None
+    vectors = state.vectors + step * torch.stack([d.dw, d.dz1, d.dzeta])
+    return _State(vectors, state.scalars + step * torch.stack([d.dt, d.dy, d.dzd]))
+
+
+def _point(pb: _Problem, state: _State) -> _Point:
+    """The iterate with ``A w``, ``A zeta`` and the inner products of the cone's bodies."""
     w, z1, zeta = state.vectors.unbind()
     t, y, zeta_d = state.scalars.unbind()
     x = state.vectors[::2]  # (w, zeta)
-    ax = x @ a
+    ax = x @ pb.a
     aw, azeta = ax.unbind()
     ww, zz = torch.stack([x, ax], dim=1).unbind()  # pairs (v, A v) of the bodies s_1 and z_1
     q0, r0, _, m0 = (x @ ax.mT).flatten().unbind()  # w^T A w, w^T A zeta, zeta^T A zeta
     m0 = m0.clamp_min(0.0)
-    q, r, m = q0 + pb.eps, r0 + delta * zeta_d, m0 + zeta_d * zeta_d  # |s_1|^2, s_1^T z_1, |z_1|^2
+    q, r, m = q0 + pb.eps, r0 + pb.delta * zeta_d, m0 + zeta_d * zeta_d  # |s_1|^2, s_1^T z_1, |z_1|^2
+    return _Point(w, z1, zeta, t, y, zeta_d, aw, azeta, ww, zz, q, r, m)
 
-    # Nesterov-Todd scaling of the cone pair s = (t, s_1), z = (c, z_1)
-    big_s, big_z = t * t - q, c2 - m  # s^T J s, z^T J z
+
+def _nt_scaling(pb: _Problem, pt: _Point) -> _Scaling:
+    """Nesterov-Todd scaling of the cone pair ``s = (t, s_1)``, ``z = (c, z_1)`` (see the module)."""
+    big_s, big_z = pt.t * pt.t - pt.q, pb.c2 - pt.m  # s^T J s, z^T J z
     rs, rz = torch.sqrt(big_s), torch.sqrt(big_z)
     rsz = rs * rz
-    sz = t * c + r
-    nu_mu = w @ z1 + sz  # (K + 1) mu
+    sz = pt.t * pb.c + pt.r
     gamma = torch.sqrt(0.5 + 0.5 * sz / rsz)
-    s0, z0 = t / rs, c / rz
+    s0, z0 = pt.t / rs, pb.c / rz
     two_gamma = gamma + gamma
     na = (s0 + z0) / two_gamma  # a
     eta2, inv_eta2 = rs / rz, rz / rs
-    two_inv_eta2 = inv_eta2 + inv_eta2
     vx = (two_gamma * rs).reciprocal()
     vz = -vx * eta2  # v = vx s_1 + vz z_1
     a2m1 = na * na - 1.0  # |v|^2
     beta = (a2m1 + 0.5).reciprocal()  # 2 / (2 a^2 - 1)
-    a_beta, half_beta_eta2 = na * beta, 0.5 * beta * eta2
-    vv = vx * ww + vz * zz  # (v_R, A v_R)
-    pw, p = vv.unbind()
-    pd = vx * delta + vz * zeta_d
-    z1_w = z1 / w
-    h = torch.addr(a, beta * p, p, alpha=-1.0)  # A - beta p p^T
-    h.diagonal().add_(eta2 * z1_w + _REGULARISATION)
+    vv = vx * pt.ww + vz * pt.zz  # (v_R, A v_R)
+    return _Scaling(
+        big_s=big_s, big_z=big_z, rs=rs, rz=rz, rsz=rsz, nu_mu=pt.w @ pt.z1 + sz, gamma=gamma, s0=s0, z0=z0,
+        two_gamma=two_gamma, na=na, eta2=eta2, inv_eta2=inv_eta2, two_inv_eta2=inv_eta2 + inv_eta2, vx=vx, vz=vz,
+        beta=beta, a_beta=na * beta, half_beta_eta2=0.5 * beta * eta2, vv=vv, p=vv[1],
+        pd=vx * pb.delta + vz * pt.zeta_d, z1_w=pt.z1 / pt.w,
+    )
+
+
+def _factor(pb: _Problem, sc: _Scaling, minus_ab_y: Tensor) -> tuple[_System, Tensor]:
+    """Factor the K x K system ``H`` and solve it for ``1`` and for the predictor's reduced right-hand side
+    ``-(A b + y) - a beta c p`` (the system is ``eta^2 H``: ``dy`` is scale-free); returns the system and the
+    predictor's ``u = H^-1 rt``."""
+    h = torch.addr(pb.a, sc.beta * sc.p, sc.p, alpha=-1.0)  # A - beta p p^T
+    h.diagonal().add_(sc.eta2 * sc.z1_w + _REGULARISATION)
     chol, info = torch.linalg.cholesky_ex(h)
+    rhs = torch.stack([pb.ones, minus_ab_y - (sc.a_beta * pb.c) * sc.p], dim=1)
+    h_ones, u = _cholesky_solve(chol, rhs).unbind(dim=1)
+    return _System(chol, info, h_ones, h_ones.sum()), u
 
-    def dual_direction(dw: Tensor, dww: Tensor, kappa: Tensor, rc_w: Tensor, m_pair: Tensor, m_d: Tensor):
-        """``dz = m - W^-2 ds`` (the cone's body as the pair ``(dzeta, A dzeta)`` and ``dzeta_d``), ``dz1``."""
-        coef = kappa * two_inv_eta2
-        dzz = m_pair - inv_eta2 * dww + coef * vv
-        return rc_w - z1_w * dw, dzz, *dzz.unbind(), m_d + coef * pd
 
-    def rate(dw, dt, adw, dz1, dzeta, adzeta, dzd) -> tuple[Tensor, Tensor, Tensor]:
-        """``1 / (the largest step keeping w, z1 >= 0 and s, z in Q)`` (<= 0: unbounded); ``dw^T A dw``,
-        ``dw^T A w``."""
-        orth = -torch.cat([dw / w, dz1 / z1]).amin()
-        dadw, awdw = dw @ adw, aw @ dw
-        # s + al ds in Q iff S + 2 al b + al^2 (dt^2 - dw^T A dw) >= 0: 1 / (the first positive root)
-        b = t * dt - awdw
-        disc = b * b - big_s * (dt * dt - dadw)
-        primal = (torch.sqrt(disc.clamp_min(0.0)) - b) * (disc >= 0) / big_s
-        # z + al dz in Q (dz0 = 0) iff Z - 2 al uu - al^2 |dz_1|^2 >= 0
-        uu = azeta @ dzeta + zeta_d * dzd
-        dual = (torch.sqrt(uu * uu + big_z * (dzeta @ adzeta + dzd * dzd)) + uu) / big_z
-        return torch.stack([orth, primal, dual]).amax(), dadw, awdw
+def _direction(
+    pb: _Problem, sc: _Scaling, system: _System, u: Tensor, rhs_t: Tensor, rc_w: Tensor, m_pair: Tensor, m_d: Tensor
+) -> _Direction:
+    """The direction from ``u = H^-1 rt`` (reduced right-hand side ``rt = rhs_w + a beta rhs_t p``): ``dy``
+    such that ``1^T dw = 0``, ``dw``, ``dt``; then ``dz = m - W^-2 ds`` (the cone's body as the pair
+    ``(dzeta, A dzeta)`` and ``dzeta_d``, with ``m = (m_pair, m_d)``) and ``dz1 = rc_w - (z1 / w) dw``."""
+    dy = u.sum() / system.ones_h_ones
+    dw = sc.eta2 * (u - dy * system.h_ones)
+    p_dw = sc.p @ dw
+    dt = sc.half_beta_eta2 * rhs_t + sc.a_beta * p_dw
+    adw = pb.a @ dw
+    dww = torch.stack([dw, adw])
+    kappa = sc.na * dt - p_dw
+    coef = kappa * sc.two_inv_eta2
+    dzz = m_pair - sc.inv_eta2 * dww + coef * sc.vv
+    dzeta, adzeta = dzz.unbind()
+    dz1 = rc_w - sc.z1_w * dw
+    return _Direction(dw, dt, dy, dww, adw, kappa, p_dw, dz1, dzz, dzeta, adzeta, m_d + coef * sc.pd)
 
-    def newton(u: Tensor, dy: Tensor, rhs_t: Tensor) -> tuple[Tensor, ...]:
-        """``(dw, dt, (dw, A dw), A dw, kappa = a dt - p^T dw, p^T dw)`` from ``u = H^-1 rt`` (reduced
-        right-hand side ``rt = rhs_w + a beta rhs_t p``; ``1^T dw = 0``)."""
-        dw = eta2 * (u - dy * h_ones)
-        p_dw = p @ dw
-        dt = half_beta_eta2 * rhs_t + a_beta * p_dw
-        adw = a @ dw
-        return dw, dt, torch.stack([dw, adw]), adw, na * dt - p_dw, p_dw
 
-    # predictor (affine scaling): W^-1 u = -z; also H^-1 1 (the system is eta^2 H: dy is scale-free)
-    minus_ab_y = -(ab + y)
-    h_ones, u = _cholesky_solve(chol, torch.stack([pb.ones, minus_ab_y - (a_beta * c) * p], dim=1)).unbind(dim=1)
-    ones_h_ones = h_ones.sum()
-    dw_a, dt_a, dww_a, adw_a, kappa_a, p_dw_a = newton(u, u.sum() / ones_h_ones, -c)
-    dz1_a, dzz_a, dzeta_a, adzeta_a, dzd_a = dual_direction(dw_a, dww_a, kappa_a, -z1, -zz, -zeta_d)
-    rate_a, dadw_a, awdw_a = rate(dw_a, dt_a, adw_a, dz1_a, dzeta_a, adzeta_a, dzd_a)
-    # mu_aff = (1 - step) mu exactly: ds^T dz = dw^T (dz1 + A dzeta) = dy 1^T dw = 0 for feasible directions
-    sigma = (1.0 - rate_a.clamp_min(1.0).reciprocal()) ** 3
-    target = sigma * nu_mu / pb.nu
+def _inverse_step(pt: _Point, sc: _Scaling, d: _Direction) -> tuple[Tensor, Tensor, Tensor]:
+    """``1 / (the largest step keeping w, z1 >= 0 and s, z in Q)`` (<= 0: unbounded); ``dw^T A dw``,
+    ``dw^T A w``."""
+    orth = -torch.cat([d.dw / pt.w, d.dz1 / pt.z1]).amin()
+    dadw, awdw = d.dw @ d.adw, pt.aw @ d.dw
+    # s + al ds in Q iff S + 2 al b + al^2 (dt^2 - dw^T A dw) >= 0: 1 / (the first positive root)
+    b = pt.t * d.dt - awdw
+    disc = b * b - sc.big_s * (d.dt * d.dt - dadw)
+    primal = (torch.sqrt(disc.clamp_min(0.0)) - b) * (disc >= 0) / sc.big_s
+    # z + al dz in Q (dz0 = 0) iff Z - 2 al uu - al^2 |dz_1|^2 >= 0
+    uu = pt.azeta @ d.dzeta + pt.zeta_d * d.dzd
+    dual = (torch.sqrt(uu * uu + sc.big_z * (d.dzeta @ d.adzeta + d.dzd * d.dzd)) + uu) / sc.big_z
+    return torch.stack([orth, primal, dual]).amax(), dadw, awdw
 
-    # Mehrotra's second-order term of the cone, e = W^-1 L(lambda)^-1 (ds~ o ds~), ds~ = W^-1 ds_a, with the
-    # bodies as coefficients on the basis (s_1, z_1, (R dw_a, 0)) of Gram matrix gram
-    azdw = azeta @ dw_a
-    gram = torch.stack([q, r, awdw_a, r, m, azdw, awdw_a, azdw, dadw_a]).view(3, 3)
-    zero = torch.zeros_like(vx)
-    cv = torch.stack([vx, vz, zero])
-    inv_eta = torch.sqrt(inv_eta2)
+
+def _second_order_term(
+    pb: _Problem, pt: _Point, sc: _Scaling, affine: _Direction, dadw_a: Tensor, awdw_a: Tensor
+) -> tuple[Tensor, Tensor]:
+    """Mehrotra's second-order term of the cone, ``e = W^-1 L(lambda)^-1 (ds~ o ds~)``, ``ds~ = W^-1 ds_a``,
+    plus ``-2 z``: ``e0`` and the body's coefficients on the basis ``(s_1, z_1, (R dw_a, 0)``), whose Gram
+    matrix is ``gram``."""
+    gamma, s0, z0, rsz, na = sc.gamma, sc.s0, sc.z0, sc.rsz, sc.na
+    azdw = pt.azeta @ affine.dw
+    gram = torch.stack([pt.q, pt.r, awdw_a, pt.r, pt.m, azdw, awdw_a, azdw, dadw_a]).view(3, 3)
+    zero = torch.zeros_like(sc.vx)
+    cv = torch.stack([sc.vx, sc.vz, zero])
+    inv_eta = torch.sqrt(sc.inv_eta2)
     one_a = 1.0 + na
     root = torch.sqrt(rsz)
-    den = root / (s0 + z0 + two_gamma)
+    den = root / (s0 + z0 + sc.two_gamma)
     lam0 = root * gamma  # lambda = W z = (lam0, lambda_1)
-    c_lam = torch.stack([(gamma + z0) * den / rs, (gamma + s0) * den / rz, zero])
-    ds0 = kappa_a * inv_eta
-    ds_b = (pb.basis_3 + (p_dw_a / one_a - dt_a) * cv) * inv_eta  # W^-1 (dt_a, (R dw_a, 0)), body
+    c_lam = torch.stack([(gamma + z0) * den / sc.rs, (gamma + s0) * den / sc.rz, zero])
+    ds0 = affine.kappa * inv_eta
+    ds_b = (pb.basis_3 + (affine.p_dw / one_a - affine.dt) * cv) * inv_eta  # W^-1 (dt_a, (R dw_a, 0)), body
     sq0 = ds0 * ds0 + ds_b @ (gram @ ds_b)  # ds~ o ds~ = (sq0, 2 ds0 ds_b)
     sq_b = (ds0 + ds0) * ds_b
     u0 = (lam0 * sq0 - c_lam @ (gram @ sq_b)) / rsz  # lambda^T J lambda = rs rz
     u_b = (sq_b - u0 * c_lam) / lam0
     v_u = (gram @ cv) @ u_b
     e0 = (na * u0 - v_u) * inv_eta
-    k1, k2, k3 = ((u_b + (v_u / one_a - u0) * cv) * inv_eta + pb.minus_2z).unbind()
-    # corrector: W^-1 u = sigma mu s^-1 - 2 z - dz_a + e, s^-1 = (t, -s_1) / S
-    k1 = k1 - target / big_s
-    m_pair = k1 * ww + k2 * zz + k3 * dww_a - dzz_a
-    m_d = k1 * delta + k2 * zeta_d - dzd_a
-    rc_w = (target - dw_a * dz1_a) / w  # r_comp / w
-    rhs_t = target * t / big_s + e0 - pb.two_c
-    rhs_w = rc_w + m_pair[1] + azeta + minus_ab_y  # -(A b + y - z1 - A zeta) + r_comp / w - z1 + A m_zeta
-    rc_w = rc_w - z1
-    u = _cholesky_solve(chol, (rhs_w + (a_beta * rhs_t) * p)[:, None])[:, 0]
-    dy = u.sum() / ones_h_ones
-    dw, dt, dww, adw, kappa, _ = newton(u, dy, rhs_t)
-    dz1, _, dzeta, adzeta, dzd = dual_direction(dw, dww, kappa, rc_w, m_pair, m_d)
-    step = _FRACTION_TO_BOUNDARY / rate(dw, dt, adw, dz1, dzeta, adzeta, dzd)[0].clamp_min(_FRACTION_TO_BOUNDARY)
+    return e0, (u_b + (v_u / one_a - u0) * cv) * inv_eta + pb.minus_2z
 
-    if int(info) != 0 or not float(step) > 0:  # a non-finite direction gives a NaN or zero step
-        return None
-    return _State(state.vectors + step * torch.stack([dw, dz1, dzeta]), state.scalars + step * torch.stack([dt, dy, dzd]))
+
+def _corrector(
+    pb: _Problem, pt: _Point, sc: _Scaling, system: _System, affine: _Direction, target: Tensor, e0: Tensor,
+    k: Tensor,
+) -> _Direction:
+    """The corrector: ``W^-1 u = sigma mu s^-1 - 2 z - dz_a + e``, ``s^-1 = (t, -s_1) / S``, with the
+    second-order term ``(e0, k)`` of :func:`_second_order_term` and ``target = sigma mu``."""
+    k1, k2, k3 = k.unbind()
+    k1 = k1 - target / sc.big_s
+    m_pair = k1 * pt.ww + k2 * pt.zz + k3 * affine.dww - affine.dzz
+    m_d = k1 * pb.delta + k2 * pt.zeta_d - affine.dzd
+    rc_w = (target - affine.dw * affine.dz1) / pt.w  # r_comp / w
+    rhs_t = target * pt.t / sc.big_s + e0 - pb.two_c
+    # -(A b + y - z1 - A zeta) + r_comp / w - z1 + A m_zeta
+    rhs_w = rc_w + m_pair[1] + pt.azeta - (pb.ab + pt.y)
+    u = _cholesky_solve(system.chol, (rhs_w + (sc.a_beta * rhs_t) * sc.p)[:, None])[:, 0]
+    return _direction(pb, sc, system, u, rhs_t, rc_w - pt.z1, m_pair, m_d)
 
 
 def _cholesky_solve(chol: Tensor, rhs: Tensor) -> Tensor:

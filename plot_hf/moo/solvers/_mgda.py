@@ -19,8 +19,9 @@ Each iteration factors ``H = Q + diag(z / w)`` once (Cholesky) and solves it for
 corrector; the equality row is eliminated through ``1^T H^{-1} 1``. The duality gap ``w^T z`` bounds
 ``f(w) - f*`` (the iterates stay primal and dual feasible from the start chosen here), and the method stops
 when it is at most ``tol * f(w) + 1e-15`` (relative, with an absolute floor in units of the mean squared
-gradient norm). It converges in 10-25 iterations whatever the conditioning, also when the hull nearly
-contains the origin (``f* ~ 0``), where first-order methods need thousands.
+gradient norm). Its number of iterations does not grow with the conditioning of ``A``, also when the hull
+nearly contains the origin (``f* ~ 0``), where the rate of first-order methods (Frank-Wolfe, projected
+gradient) degrades with it.
 
 Departures from the reference code. The PLOT reference calls ``MinNormSolver.find_min_norm_element``
 (Frank-Wolfe with exact 2-D line searches, at most 250 iterations, on the CPU; its MGDA branch crashes in
@@ -103,7 +104,8 @@ class MGDA(Solver):
 
     Args:
         tol: relative accuracy of the duality gap (> 0).
-        max_iter: interior-point iterations at most (>= 1; 10-25 suffice whatever the conditioning).
+        max_iter: interior-point iterations at most (>= 1; the count needed does not grow with the
+            conditioning of the Gramian).
 
     Example:
         >>> import torch

@@ -44,14 +44,8 @@ def _dual_simplex(
     ``m + 1`` holds ``z = z_0 - sum_j d_j x_N[j]`` (``d`` first, ``z_0`` last) for the maximised objective
     ``z``; column j is the nonbasic variable ``cols[j]``. The start must be dual feasible (``d >= 0``).
 
-    Each pivot picks the leaving row by dual steepest edge, ``argmax beta_r^2 / w_r`` over ``beta_r < 0`` with
-    ``w_i = 1 + ||T_i||^2`` (the squared norm of the row of ``x_B[i]`` in the full tableau; recomputed each
-    pivot, one pass like the update itself: the update formula ``w_i - 2 f_i T_i.T_r + f_i^2 w_r`` costs as
-    much and loses all accuracy within tens of pivots), and the entering column by Harris' two-pass ratio test
-    (``min d_j / -T_rj`` over ``T_rj < 0``, with slack ``_DUAL``; among the near-minimal ratios the largest
-    ``|T_rj|``), then exchanges ``rows[r]`` and ``cols[q]``: with ``p = T_rq`` and ``f_i = T_iq / p``, ``T_r
-    <- T_r / p``, ``T_i <- T_i - f_i T_r`` (one in-place rank-1 update of the whole tableau, ``beta``, ``d``
-    and ``z_0`` included) and column q becomes ``(-f_i, 1 / p)``. After ``_DEGENERATE_RUN`` consecutive pivots
+    Each pivot picks the leaving row (:func:`_leaving_row`) and the entering column (:func:`_entering_column`),
+    then exchanges ``rows[r]`` and ``cols[q]`` (:func:`_pivot`). After ``_DEGENERATE_RUN`` consecutive pivots
     with ``d_q = 0`` both choices follow Bland's rule (smallest variable index), which cannot cycle.
 
     A row with ``beta_r < -_CERTIFICATE`` and no entry ``T_rj < -_PIVOT`` says ``x_B[r] <= beta_r < 0``
@@ -65,27 +59,19 @@ def _dual_simplex(
     """
     m1, n = tab.shape[0] - 1, tab.shape[1] - 1  # m1 = m + 1 basic rows
     body = tab[:m1, :n]
-    view = tab.numpy()  # the pricing and the ratio test on NumPy views: a few us each instead of torch's ~3-5
+    view = tab.numpy()  # the pricing and the ratio test read NumPy views: no torch dispatch per small step
     beta, cost = view[:m1, n], view[m1, :n]
     noise: list[int] = []  # rows whose violation is below the certificate level and cannot be pivoted on
     degenerate = refreshes = 0
     for pivots in range(max_pivots + 1):
-        violated = beta < -_FEASIBILITY
-        violated[noise] = False
         bland = degenerate > _DEGENERATE_RUN
-        if bland:
-            r = int(np.argmin(np.where(violated, rows, len(rows) + n)))
-        else:
-            weights = torch.linalg.vector_norm(body, dim=1).square_().add_(1.0).numpy()
-            r = int(np.argmax(np.where(violated, beta * beta / weights, -1.0)))
-        if not violated[r]:
+        r = _leaving_row(body, beta, noise, rows, bland)
+        if r is None:
             return True
         if pivots == max_pivots:
             return None
-        step = -view[r, :n]  # -T_rj: x_B[r] grows by step_j per unit of x_N[j]
-        candidate = step > _PIVOT
-        bound = np.min((cost[candidate] + _DUAL) / step[candidate], initial=math.inf)
-        if not math.isfinite(bound):  # no entering candidate: infeasible, unless rounding error
+        q = _entering_column(view[r, :n], cost, cols, len(rows), bland)
+        if q is None:  # no entering candidate: infeasible, unless rounding error
             if beta[r] >= -_CERTIFICATE:
                 noise.append(r)
             elif refreshes == _MAX_REFRESHES:
@@ -94,28 +80,63 @@ def _dual_simplex(
                 verdict = certify(r, True)
                 if verdict is not False:
                     return None if verdict is None else False
-                refreshes += 1  # ``tab`` was rebuilt from the original data: resume from there
+                refreshes += 1  # ``tab`` holds the tableau rebuilt from the original data: resume from there
                 noise.clear()
                 degenerate = 0
             continue
-        near = candidate & (cost <= bound * step)
-        if bland:
-            q = int(np.argmin(np.where(near, cols, len(rows) + n)))
-        else:
-            q = int(np.argmax(np.where(near, step, 0.0)))
-        pivot, reduced = float(view[r, q]), float(view[m1, q])
-        degenerate = degenerate + 1 if reduced <= _DUAL else 0
-        column = tab[:, q].clone()
-        new_row = tab[r] / pivot
-        column[r] = 0.0
-        tab.addr_(column, new_row, alpha=-1.0)  # the one pass over the tableau (with the norms above)
-        tab[r] = new_row
-        column.div_(-pivot)[r] = 1.0 / pivot
-        tab[:, q] = column
+        degenerate = degenerate + 1 if float(view[m1, q]) <= _DUAL else 0
+        _pivot(tab, r, q, float(view[r, q]))
         np.clip(cost, 0.0, None, out=cost)  # Harris' slack may leave d_j in [-_DUAL, 0): keep d >= 0
         noise.clear()
         rows[r], cols[q] = cols[q], rows[r]
     return None
+
+
+def _leaving_row(body: Tensor, beta: np.ndarray, noise: list[int], rows: list[int], bland: bool) -> int | None:
+    """The leaving row by dual steepest edge, ``argmax beta_r^2 / w_r`` over ``beta_r < -_FEASIBILITY`` (rows in
+    ``noise`` excluded), with ``w_i = 1 + ||T_i||^2`` (the squared norm of the row of ``x_B[i]`` in the full
+    tableau; recomputed each pivot, one pass like the update itself: the update formula ``w_i - 2 f_i T_i.T_r
+    + f_i^2 w_r`` costs as much and loses all accuracy within tens of pivots); by Bland's rule (smallest
+    variable index) if ``bland``. ``body`` is ``T`` and ``beta`` a NumPy view of the last column. None if no
+    row is violated (an optimum)."""
+    violated = beta < -_FEASIBILITY
+    violated[noise] = False
+    if bland:
+        r = int(np.argmin(np.where(violated, rows, len(rows) + body.shape[1])))
+    else:
+        weights = torch.linalg.vector_norm(body, dim=1).square_().add_(1.0).numpy()
+        r = int(np.argmax(np.where(violated, beta * beta / weights, -1.0)))
+    return r if violated[r] else None
+
+
+def _entering_column(
+    row: np.ndarray, cost: np.ndarray, cols: list[int], num_rows: int, bland: bool
+) -> int | None:
+    """The entering column for the leaving row ``T_r`` (``row``) by Harris' two-pass ratio test: ``min d_j /
+    -T_rj`` over ``T_rj < -_PIVOT``, with slack ``_DUAL``, then among the near-minimal ratios the largest
+    ``|T_rj|`` (by Bland's rule, the smallest variable index, if ``bland``). None if no entry qualifies."""
+    step = -row  # -T_rj: x_B[r] grows by step_j per unit of x_N[j]
+    candidate = step > _PIVOT
+    bound = np.min((cost[candidate] + _DUAL) / step[candidate], initial=math.inf)
+    if not math.isfinite(bound):
+        return None
+    near = candidate & (cost <= bound * step)
+    if bland:
+        return int(np.argmin(np.where(near, cols, num_rows + len(cost))))
+    return int(np.argmax(np.where(near, step, 0.0)))
+
+
+def _pivot(tab: Tensor, r: int, q: int, pivot: float) -> None:
+    """Exchange basic row r and nonbasic column q in place: with ``p = T_rq`` (``pivot``) and ``f_i = T_iq / p``,
+    ``T_r <- T_r / p``, ``T_i <- T_i - f_i T_r`` (one rank-1 update of the whole tableau, ``beta``, ``d`` and
+    ``z_0`` included) and column q becomes ``(-f_i, 1 / p)``."""
+    column = tab[:, q].clone()
+    new_row = tab[r] / pivot
+    column[r] = 0.0
+    tab.addr_(column, new_row, alpha=-1.0)  # the one pass over the tableau (with the norms of the pricing)
+    tab[r] = new_row
+    column.div_(-pivot)[r] = 1.0 / pivot
+    tab[:, q] = column
 
 
 def solve_simplex_lp(
@@ -127,42 +148,19 @@ def solve_simplex_lp(
     ``max_pivots``, default ``4 (n + m + 2)``, pivots). Entries below 1e-11 of the largest are treated as 0
     (rounding noise, e.g. ``C a`` at a uniform point); rows are scaled to unit max-norm, the cost too.
 
-    With slacks ``s = M x - h >= 0`` the start is the basis ``{x_j*, s}``, ``j* = argmax cost``:
-    ``x_j* = 1 - sum_{i != j*} x_i``, ``s_k = M_kj* - h_k + sum_{i != j*} (M_ki - M_kj*) x_i`` and
-    ``cost^T x = cost_j* - sum_{i != j*} (cost_j* - cost_i) x_i``: optimal for the LP without the rows
+    The start is the basis ``{x_j*, s}`` of :func:`_start_tableau`, optimal for the LP without the rows
     ``M x >= h`` (dual feasible), so no phase 1 is needed; the dual simplex method then restores ``s >= 0``.
-    Column j* of the tableau stays 0 (the slot of no variable: ``x_j*`` is basic in the sum row). A row
-    that proves infeasibility is checked against the data (:func:`_certifies_infeasibility`); if rounding
-    errors made it up, the tableau is rebuilt from the data (:func:`_tableau`) and the pivots go on. The
-    basic ``x`` are recomputed at the end from the tight rows (``M_T x_S = h_T, 1^T x_S = 1``, square) when
-    that reduces the constraint violation (rounding error accumulated over the pivots); a vertex that
-    still violates a row by more than ``_ACCEPT`` (scaled units) is reported as a failure (None).
+    A row that proves infeasibility is checked against the data (:func:`_certifies_infeasibility`); if
+    rounding errors made it up, the tableau is rebuilt from the data (:func:`_tableau`) and the pivots go on.
+    The vertex is read off the final tableau by :func:`_vertex`.
     """
     n, m, cost_dtype, device = cost.numel(), m_ge.shape[0], cost.dtype, cost.device
     dtype, host = torch.float64, torch.device("cpu")  # every pivot reads the tableau: keep it on the host
     cost, m_ge, h = (v.to(device=host, dtype=dtype) for v in (cost, m_ge, h))
-    if m:  # entries below 1e-11 of the largest are rounding noise: zero them; then rows to unit max-norm
-        size, h_size = m_ge.abs(), h.abs()
-        row_max = size.amax(dim=1)
-        noise = 1e-11 * float(torch.maximum(row_max.max(), h_size.max()))
-        scale = torch.maximum(row_max, h_size).clamp_min(noise + 1e-300)  # = that of the zeroed rows
-        mat = torch.where(size > noise, m_ge / scale[:, None], 0.0)
-        rhs = torch.where(h_size > noise, h / scale, 0.0)
-    else:
-        mat, rhs = m_ge, h
+    mat, rhs = _scaled_rows(m_ge, h) if m else (m_ge, h)
     c = cost / cost.abs().max().clamp_min(1e-300)
     start = int(torch.argmax(c))
-    tab = torch.empty(m + 2, n + 1, dtype=dtype, device=host)
-    torch.sub(mat[:, start : start + 1], mat, out=tab[:m, :n])
-    tab[:m, n] = mat[:, start] - rhs
-    tab[m, :n] = 1.0
-    tab[m, start] = 0.0
-    tab[m, n] = 1.0
-    tab[m + 1, :n] = c[start] - c
-    tab[m + 1, n] = c[start]
-    rows = list(range(n, n + m)) + [start]  # variables: x_i is i < n, s_k is n + k
-    cols = list(range(n))
-    cols[start] = -1  # no variable
+    tab, rows, cols = _start_tableau(mat, rhs, c, start)
 
     def certify(r: int, rebuild: bool) -> bool | None:
         if _certifies_infeasibility(tab, rows, cols, r, mat, rhs, start):
@@ -176,6 +174,51 @@ def solve_simplex_lp(
 
     if not _dual_simplex(tab, rows, cols, max_pivots or 4 * (n + m + 2), certify):
         return None
+    x = _vertex(tab, rows, cols, mat, rhs)
+    return None if x is None else x.to(device=device, dtype=cost_dtype)
+
+
+def _scaled_rows(m_ge: Tensor, h: Tensor) -> tuple[Tensor, Tensor]:
+    """``(M, h)`` with the entries below 1e-11 of the largest (of both) zeroed as rounding noise, then each row
+    scaled to unit max-norm over ``(M_k, h_k)``."""
+    size, h_size = m_ge.abs(), h.abs()
+    row_max = size.amax(dim=1)
+    noise = 1e-11 * float(torch.maximum(row_max.max(), h_size.max()))
+    scale = torch.maximum(row_max, h_size).clamp_min(noise + 1e-300)  # = that of the zeroed rows
+    return torch.where(size > noise, m_ge / scale[:, None], 0.0), torch.where(h_size > noise, h / scale, 0.0)
+
+
+def _start_tableau(mat: Tensor, rhs: Tensor, c: Tensor, start: int) -> tuple[Tensor, list[int], list[int]]:
+    """The tableau (see :func:`_dual_simplex`) of the basis ``{x_start, s}`` with slacks ``s = M x - h``, and
+    its row and column labels (``x_i`` is ``i < n``, ``s_k`` is ``n + k``).
+
+    ``x_start = 1 - sum_{i != start} x_i``, ``s_k = M_k,start - h_k + sum_{i != start} (M_ki - M_k,start)
+    x_i`` and ``c^T x = c_start - sum_{i != start} (c_start - c_i) x_i``: dual feasible when ``start = argmax
+    c``. Column ``start`` stays 0 (the slot of no variable, label -1: ``x_start`` is basic in the sum row).
+    """
+    m, n = mat.shape[0], c.numel()
+    tab = torch.empty(m + 2, n + 1, dtype=mat.dtype, device=mat.device)
+    torch.sub(mat[:, start : start + 1], mat, out=tab[:m, :n])
+    tab[:m, n] = mat[:, start] - rhs
+    tab[m, :n] = 1.0
+    tab[m, start] = 0.0
+    tab[m, n] = 1.0
+    tab[m + 1, :n] = c[start] - c
+    tab[m + 1, n] = c[start]
+    rows = list(range(n, n + m)) + [start]
+    cols = list(range(n))
+    cols[start] = -1  # no variable
+    return tab, rows, cols
+
+
+def _vertex(tab: Tensor, rows: list[int], cols: list[int], mat: Tensor, rhs: Tensor) -> Tensor | None:
+    """The vertex of the optimal tableau, on the simplex, or None if it violates a row by more than
+    ``_ACCEPT`` (scaled units).
+
+    The basic ``x`` are recomputed from the tight rows (``M_T x_S = h_T, 1^T x_S = 1``, square) when that
+    reduces the constraint violation (rounding error accumulated over the pivots)."""
+    m, n = tab.shape[0] - 2, tab.shape[1] - 1
+    dtype, host = tab.dtype, tab.device
     values = torch.zeros(n + m, dtype=dtype, device=host)
     values[torch.tensor(rows, device=host)] = tab[: m + 1, n]
     x, worst = values[:n], _violation(mat, rhs, values[:n])
@@ -191,7 +234,7 @@ def solve_simplex_lp(
     if not worst <= _ACCEPT:  # numerically broken (also NaN): report a failure rather than a wrong vertex
         return None
     x = x.clamp_min(0.0)
-    return (x / x.sum()).to(device=device, dtype=cost_dtype)
+    return x / x.sum()
 
 
 def _tableau(mat: Tensor, rhs: Tensor, c: Tensor, rows: list[int], cols: list[int]) -> Tensor | None:
