@@ -138,17 +138,41 @@ def resume_argument(value: str | None, output_dir: str) -> str | bool | None:
     return str(value)
 
 
+def _check_hub_upload(args: PLOTConfig) -> None:
+    """With ``push_to_hub``, check the Hub before any work; offline, fail, or (``hub_allow_offline``) train
+    without the upload."""
+    if not args.push_to_hub:
+        return
+    try:
+        check_hub_access(args.hub_model_id or Path(args.output_dir).name)
+    except HubUnavailableError as error:
+        if not args.hub_allow_offline:
+            raise
+        logger.warning("%s Training without the upload (`hub_allow_offline`).", error)
+        args.push_to_hub = False
+
+
+def _test_results(trainer: PLOTTrainer, test: Any) -> dict[str, Any]:
+    """Test metrics of the last model (``last``) and, when a best checkpoint on the validation split exists, of
+    that one (``best_on_validation``); the trainer's model is left as the last one."""
+    results: dict[str, Any] = {"last": trainer.predict(test, metric_key_prefix="test").metrics}
+    best = trainer.state.best_model_checkpoint
+    if best and Path(best).is_dir():
+        best_model = load_image_classifier(best).to(trainer.args.device)
+        last_state = {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
+        trainer.model.load_state_dict(best_model.state_dict())
+        results["best_on_validation"] = {
+            **trainer.predict(test, metric_key_prefix="test").metrics,
+            "checkpoint": Path(best).name,
+        }
+        trainer.model.load_state_dict(last_state)
+    return results
+
+
 def run(recipe: Recipe) -> dict[str, Any]:
     """Train and evaluate one recipe; returns the final metrics (also written to ``output_dir``)."""
     args: PLOTConfig = recipe.training
-    if args.push_to_hub:
-        try:
-            check_hub_access(args.hub_model_id or Path(args.output_dir).name)
-        except HubUnavailableError as error:
-            if not args.hub_allow_offline:
-                raise
-            logger.warning("%s Training without the upload (`hub_allow_offline`).", error)
-            args.push_to_hub = False
+    _check_hub_upload(args)
     name = recipe.model.model_name
     checkpoint = resolve_checkpoint(name) if is_checkpoint_name(name) else None  # before any data is loaded
     set_seed(args.seed)
@@ -187,17 +211,7 @@ def run(recipe: Recipe) -> dict[str, Any]:
     results: dict[str, Any] = {"num_parameters": count_parameters(trainer.model)}
     trainer.compute_metrics = LTMetrics(data.stats.counts, per_class=True, **metrics_kwargs)
     if test is not None:
-        results["last"] = trainer.predict(test, metric_key_prefix="test").metrics
-        best = trainer.state.best_model_checkpoint
-        if best and Path(best).is_dir():
-            best_model = load_image_classifier(best).to(args.device)
-            last_state = {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
-            trainer.model.load_state_dict(best_model.state_dict())
-            results["best_on_validation"] = {
-                **trainer.predict(test, metric_key_prefix="test").metrics,
-                "checkpoint": Path(best).name,
-            }
-            trainer.model.load_state_dict(last_state)
+        results.update(_test_results(trainer, test))
     trainer.save_model(args.output_dir)
     if trainer.is_world_process_zero():
         write_report(trainer, recipe, data, results)
