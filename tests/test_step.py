@@ -18,7 +18,7 @@ from plot_hf.moo.class_groups import frequency_groups, group_anchor_table
 from plot_hf.moo.gramian_sources import OnePassSplit, PerClassVJPs, SketchedGramian
 from plot_hf.moo.policies import Amortised, SolveEveryStep
 from plot_hf.moo.solvers import CAGrad
-from plot_hf.step import _solve as solve_phase
+from plot_hf.step import Solve
 
 from .helpers import Wrapper, forbid_host_reads
 from .step_helpers import build_step, run_step
@@ -75,18 +75,18 @@ class _Null:
 @contextlib.contextmanager
 def _reads_only_classes_and_the_solve(monkeypatch, host_reads: bool):
     """Without ``host_reads``: every host read is an error but the classes present (``torch.unique``) and the
-    solve phase's call of :func:`plot_hf.moo.solvers.solve` (one copy of the Gramian, solved on the host)."""
+    solve phase (:class:`plot_hf.step.Solve`: one copy of the Gramian, solved on the host)."""
     if host_reads:
         yield
         return
     with forbid_host_reads(allow=("unique",)) as ban:
-        real = solve_phase.solve
+        real = Solve.__call__
 
         def solve(*args, **kwargs):
             with ban.lifted():
                 return real(*args, **kwargs)
 
-        monkeypatch.setattr(solve_phase, "solve", solve)
+        monkeypatch.setattr(Solve, "__call__", solve)
         yield
 
 
@@ -172,7 +172,7 @@ def test_epo_step_without_host_reads_equals_with(device, monkeypatch):
 def test_solve_phase_counts_degenerate_solves_and_gives_nan_for_non_finite_input():
     """The solve phase: a zero Gramian is a degenerate solve (counted through the solver's flag); a non-finite
     Gramian gives NaN coefficients (so the optimizer step is skipped); the anchor is the prior of the ids present."""
-    solve = solve_phase.Solve(CAGrad(alpha=0.5, rescale=1), class_prior_anchor([10, 5, 2]))
+    solve = Solve(CAGrad(alpha=0.5, rescale=1), class_prior_anchor([10, 5, 2]))
     ids, losses = torch.tensor([0, 2]), torch.tensor([0.3, 0.1])
     torch.testing.assert_close(solve.anchor(ids), (lambda a: a / a.sum())(class_prior_anchor([10, 5, 2])[ids]))
     solved = solve(torch.zeros(2, 2), losses, ids)
