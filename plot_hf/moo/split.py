@@ -116,7 +116,8 @@ class SplitCapture:
         """The K x P per-class gradients; ``positions[i]`` is sample i's objective index in ``objectives``.
 
         ``values`` maps the MOO parameter names to the tensors used in the forward (the perturbed values).
-        One backward of ``sum_k L_k`` through the stage gives every module's output gradient.
+        One backward of ``sum_k L_k`` through the stage gives every module's output gradient; each module's
+        per-class gradients are then accumulated straight into their columns of the result.
         """
         if not self.calls:
             raise RuntimeError("per_sample_split: no forward was captured.")
@@ -130,57 +131,102 @@ class SplitCapture:
             offset += values[n].numel()
         first = values[self.param_names[0]]
         out = torch.zeros(num, offset, dtype=first.dtype, device=first.device)
+        groups = ClassGroups(positions, num)
         for (name, inp, _out), delta in zip(self.calls, deltas, strict=True):
             if delta is None:
                 continue
             module = self.modules[name]
             local = {p: values[f"{name}.{p}"].detach() for p, _ in module.named_parameters(recurse=False)}
-            for pname, g in _per_class_module_grads(module, local, inp, delta, positions, num, chunk_size).items():
-                out[:, columns[f"{name}.{pname}"]].add_(g.reshape(num, -1))  # a module run twice adds up
+            targets = {p: out[:, columns[f"{name}.{p}"]].view(num, *v.shape) for p, v in local.items()}
+            _add_per_class_module_grads(module, local, inp, delta, groups, targets, chunk_size)  # a module run twice adds up
         self.calls = []
         return out
 
 
-def _per_class_module_grads(
+class ClassGroups:
+    """The samples of a batch grouped by class: ``positions[i]`` is sample i's class, ``order`` sorts the samples
+    by class (stably), ``counts[k]`` is the number of samples of class ``k`` (``num`` classes, absent ones 0)."""
+
+    def __init__(self, positions: torch.Tensor, num: int):
+        self.positions = positions
+        self.num = num
+        self.order = torch.argsort(positions, stable=True)
+        self.counts: list[int] = torch.bincount(positions, minlength=num).tolist()
+
+    def add_segment_sums(self, target: torch.Tensor, per_sample: torch.Tensor) -> None:
+        """``target[k] += sum_{i in k} per_sample[i]`` (``target``: K x shape, ``per_sample``: B x shape)."""
+        segments = per_sample[self.order].split(self.counts)
+        for k, segment in enumerate(segments):
+            if segment.shape[0]:
+                target[k].add_(segment.sum(dim=0))
+
+
+def _add_per_class_module_grads(
     module: nn.Module,
     params: dict[str, torch.Tensor],
     inputs: torch.Tensor,
     deltas: torch.Tensor,
-    positions: torch.Tensor,
-    num: int,
+    groups: ClassGroups,
+    targets: dict[str, torch.Tensor],
     chunk_size: int | None,
-) -> dict[str, torch.Tensor]:
-    """``sum_{i in k} J_m(a_i)^T delta_i`` for each parameter of ``module``: K x shape."""
+) -> None:
+    """``targets[p][k] += sum_{i in k} J_m(a_i)^T delta_i`` for each parameter ``p`` of ``module``."""
+    if isinstance(module, nn.Linear):
+        _add_linear(params, inputs, deltas, groups, targets)
+        return
     if isinstance(module, nn.Conv2d) and module.groups == 1 and module.padding_mode == "zeros":
-        return _conv2d(module, params, inputs, deltas, positions, num)
+        _add_conv2d(module, params, inputs, deltas, groups, targets)
+        return
 
     def sample_loss(p: dict[str, torch.Tensor], a: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
         return (functional_call(module, p, (a.unsqueeze(0),)) * d.unsqueeze(0)).sum()
 
     per_sample = vmap(grad(sample_loss), in_dims=(None, 0, 0), chunk_size=chunk_size)(params, inputs, deltas)
-    return {
-        name: g.new_zeros((num, *g.shape[1:])).index_add(0, positions, g) for name, g in per_sample.items()
-    }
+    for name, g in per_sample.items():
+        groups.add_segment_sums(targets[name], g)
 
 
-def _conv2d(
+def _add_linear(
+    params: dict[str, torch.Tensor],
+    inputs: torch.Tensor,
+    deltas: torch.Tensor,
+    groups: ClassGroups,
+    targets: dict[str, torch.Tensor],
+) -> None:
+    """Per-class linear gradients ``W_k = dY_k^T X_k``, ``b_k = 1^T dY_k``: with the samples sorted by class, the
+    rows (tokens) of class ``k`` are one slab of the flattened ``X`` (B T x d_in) and ``dY`` (B T x d_out), so each
+    class costs one matrix product and no per-sample gradient is formed."""
+    b, d_in, d_out = inputs.shape[0], inputs.shape[-1], deltas.shape[-1]
+    x = inputs[groups.order].reshape(b, -1, d_in)
+    dy = deltas[groups.order].reshape(b, -1, d_out)
+    tokens = x.shape[1]
+    rows = [count * tokens for count in groups.counts]
+    weight = targets["weight"]
+    for k, (x_k, dy_k) in enumerate(zip(x.reshape(-1, d_in).split(rows), dy.reshape(-1, d_out).split(rows), strict=True)):
+        if x_k.shape[0]:
+            weight[k].addmm_(dy_k.T, x_k)
+    if params.get("bias") is not None:
+        bias = targets["bias"]
+        for k, dy_k in enumerate(dy.sum(dim=1).split(groups.counts)):
+            if dy_k.shape[0]:
+                bias[k].add_(dy_k.sum(dim=0))
+
+
+def _add_conv2d(
     module: nn.Conv2d,
     params: dict[str, torch.Tensor],
     inputs: torch.Tensor,
     deltas: torch.Tensor,
-    positions: torch.Tensor,
-    num: int,
-) -> dict[str, torch.Tensor]:
-    """Per-class conv gradients: per-sample ``delta_i @ unfold(a_i)^T`` summed by class (one batched matmul)."""
-    weight = params["weight"]
+    groups: ClassGroups,
+    targets: dict[str, torch.Tensor],
+) -> None:
+    """Per-class conv gradients: per-sample ``delta_i @ unfold(a_i)^T`` (one batched matmul) summed by class."""
     b, out_ch = deltas.shape[:2]
     cols = torch.nn.functional.unfold(
         inputs, module.kernel_size, dilation=module.dilation, padding=module.padding, stride=module.stride
     )  # B x (C k k) x L
     dflat = deltas.reshape(b, out_ch, -1)  # B x O x L
     per_sample = torch.bmm(dflat, cols.transpose(1, 2))  # B x O x (C k k)
-    result = {"weight": per_sample.new_zeros(num, *per_sample.shape[1:]).index_add(0, positions, per_sample)}
-    result["weight"] = result["weight"].reshape(num, *weight.shape)
-    if "bias" in params and params["bias"] is not None:
-        result["bias"] = dflat.sum(dim=2).new_zeros(num, out_ch).index_add(0, positions, dflat.sum(dim=2))
-    return result
+    groups.add_segment_sums(targets["weight"], per_sample.reshape(b, *params["weight"].shape))
+    if params.get("bias") is not None:
+        groups.add_segment_sums(targets["bias"], dflat.sum(dim=2))
