@@ -144,21 +144,31 @@ class SplitCapture:
 
 
 class ClassGroups:
-    """The samples of a batch grouped by class: ``positions[i]`` is sample i's class, ``order`` sorts the samples
-    by class (stably), ``counts[k]`` is the number of samples of class ``k`` (``num`` classes, absent ones 0)."""
+    """The samples of a batch grouped by class, and the classes grouped by their number of samples.
+
+    ``positions[i]`` is sample i's class among ``num``. ``order`` sorts the samples by (class size, class), so the
+    ``n`` classes with ``c`` samples each are one slab ``order[start : start + n c]`` holding each class's samples
+    together: ``sizes`` lists ``(c, classes, slab)``. A per-class sum over such a slab is one batched operation on
+    an ``n x c x ...`` view, whatever the number of classes; absent classes (``c = 0``) are left out.
+    """
 
     def __init__(self, positions: torch.Tensor, num: int):
         self.positions = positions
         self.num = num
-        self.order = torch.argsort(positions, stable=True)
-        self.counts: list[int] = torch.bincount(positions, minlength=num).tolist()
+        counts = torch.bincount(positions, minlength=num)
+        self.order = torch.argsort(counts[positions] * num + positions, stable=True)
+        self.sizes: list[tuple[int, torch.Tensor, slice]] = []
+        start = 0
+        for c in torch.unique(counts[counts > 0]).tolist():
+            classes = torch.nonzero(counts == c).flatten()
+            self.sizes.append((c, classes, slice(start, start + c * classes.numel())))
+            start += c * classes.numel()
 
-    def add_segment_sums(self, target: torch.Tensor, per_sample: torch.Tensor) -> None:
+    def add_sums(self, target: torch.Tensor, per_sample: torch.Tensor) -> None:
         """``target[k] += sum_{i in k} per_sample[i]`` (``target``: K x shape, ``per_sample``: B x shape)."""
-        segments = per_sample[self.order].split(self.counts)
-        for k, segment in enumerate(segments):
-            if segment.shape[0]:
-                target[k].add_(segment.sum(dim=0))
+        for c, classes, slab in self.sizes:
+            grouped = per_sample[self.order[slab]].reshape(classes.numel(), c, *per_sample.shape[1:])
+            target[classes] += grouped.sum(dim=1)
 
 
 def _add_per_class_module_grads(
@@ -183,7 +193,7 @@ def _add_per_class_module_grads(
 
     per_sample = vmap(grad(sample_loss), in_dims=(None, 0, 0), chunk_size=chunk_size)(params, inputs, deltas)
     for name, g in per_sample.items():
-        groups.add_segment_sums(targets[name], g)
+        groups.add_sums(targets[name], g)
 
 
 def _add_linear(
@@ -193,23 +203,19 @@ def _add_linear(
     groups: ClassGroups,
     targets: dict[str, torch.Tensor],
 ) -> None:
-    """Per-class linear gradients ``W_k = dY_k^T X_k``, ``b_k = 1^T dY_k``: with the samples sorted by class, the
-    rows (tokens) of class ``k`` are one slab of the flattened ``X`` (B T x d_in) and ``dY`` (B T x d_out), so each
-    class costs one matrix product and no per-sample gradient is formed."""
+    """Per-class linear gradients ``W_k = dY_k^T X_k``, ``b_k = 1^T dY_k`` with ``X_k`` (``dY_k``) the rows (tokens) of
+    class ``k``'s samples stacked: for the ``n`` classes of ``c`` samples, one batched product of ``n`` pairs of
+    ``c T``-row matrices; no per-sample gradient is formed."""
     b, d_in, d_out = inputs.shape[0], inputs.shape[-1], deltas.shape[-1]
-    x = inputs[groups.order].reshape(b, -1, d_in)
-    dy = deltas[groups.order].reshape(b, -1, d_out)
-    tokens = x.shape[1]
-    rows = [count * tokens for count in groups.counts]
+    x = inputs.reshape(b, -1, d_in)[groups.order]  # sorted by (class size, class)
+    dy = deltas.reshape(b, -1, d_out)[groups.order]
     weight = targets["weight"]
-    for k, (x_k, dy_k) in enumerate(zip(x.reshape(-1, d_in).split(rows), dy.reshape(-1, d_out).split(rows), strict=True)):
-        if x_k.shape[0]:
-            weight[k].addmm_(dy_k.T, x_k)
+    for _c, classes, slab in groups.sizes:
+        x_k = x[slab].reshape(classes.numel(), -1, d_in)
+        dy_k = dy[slab].reshape(classes.numel(), -1, d_out)
+        weight[classes] += torch.bmm(dy_k.transpose(1, 2), x_k)
     if params.get("bias") is not None:
-        bias = targets["bias"]
-        for k, dy_k in enumerate(dy.sum(dim=1).split(groups.counts)):
-            if dy_k.shape[0]:
-                bias[k].add_(dy_k.sum(dim=0))
+        groups.add_sums(targets["bias"], deltas.reshape(b, -1, d_out).sum(dim=1))
 
 
 def _add_conv2d(
@@ -227,6 +233,6 @@ def _add_conv2d(
     )  # B x (C k k) x L
     dflat = deltas.reshape(b, out_ch, -1)  # B x O x L
     per_sample = torch.bmm(dflat, cols.transpose(1, 2))  # B x O x (C k k)
-    groups.add_segment_sums(targets["weight"], per_sample.reshape(b, *params["weight"].shape))
+    groups.add_sums(targets["weight"], per_sample.reshape(b, *params["weight"].shape))
     if params.get("bias") is not None:
-        groups.add_segment_sums(targets["bias"], dflat.sum(dim=2))
+        groups.add_sums(targets["bias"], dflat.sum(dim=2))
