@@ -8,9 +8,13 @@ batch-mean loss through the stage),
 
     g_k = grad_theta L_k = sum_{i : y_i = k} J_m(a_i)^T delta_i      (per module, exactly),
 
-i.e. per-sample parameter gradients of each module (``torch.func.vmap`` of a VJP of the module alone, cheap:
-no activation gradient is recomputed) summed by class (a segment sum). Total cost: one backward through the
-stage plus one weight-gradient computation per module, whatever the number of classes.
+computed per module without recomputing any activation gradient: for a linear layer (input ``X_i``: T x d_in
+rows, output gradient ``dY_i``: T x d_out) directly per class, ``W_k = sum_{i in k} dY_i^T X_i``, as one batched
+product per class size over the stacked rows of each class's samples (no per-sample gradient is formed); for a
+convolution, per-sample ``delta_i @ unfold(a_i)^T`` (one batched product); for any other module, per-sample
+gradients by ``torch.func.vmap`` of a VJP of the module alone; the per-sample ones summed by class (batched segment
+sums, :class:`ClassGroups`). Total cost: one backward through the stage plus one weight-gradient computation per
+module, whatever the number of classes.
 
 :class:`SplitCapture` records the inputs and outputs of the stage's parametrised modules during the perturbed
 forward and refuses train-mode batch norm that runs in the stage or after it (:class:`CrossSampleCouplingError`).
@@ -25,7 +29,7 @@ import torch
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
-__all__ = ["CrossSampleCouplingError", "SplitCapture"]
+__all__ = ["ClassGroups", "CrossSampleCouplingError", "SplitCapture"]
 
 
 class CrossSampleCouplingError(ValueError):
