@@ -10,7 +10,10 @@ Printed side by side, in one run:
 
 * time: median seconds per step over interleaved repetitions (after one warm-up step each), and the ratio to the
   plain step (forward + backward of the mean cross-entropy); optionally (``--loop``) the same PLOT step with one
-  backward per class (``loop``), for comparison;
+  backward per class (``loop``), for comparison; and (``--index-add-split``) the same split step with each
+  module's per-class gradients formed as per-sample products (``vmap``; a batched matmul for convolutions) summed
+  by class with ``index_add``, the form the split's kernels replace (one product per class over its samples'
+  rows for linear layers; sorted segment sums elsewhere);
 * peak memory: growth of resident memory during two steps in a fresh process, sampled every millisecond (on the
   CPU that is tensor memory); on CUDA the growth of ``torch.cuda.max_memory_allocated``; and the ratio;
 * fidelity: cosine between the MOO stage's update direction with the split and with per-class backward passes
@@ -52,6 +55,7 @@ from benchmarks.step_cost import (  # noqa: E402
 )
 from plot_hf.models.introspection import resolve_gradient_method, resolve_moo_parameters  # noqa: E402
 from plot_hf.moo import per_class_gradients, per_class_objectives  # noqa: E402
+from plot_hf.moo import split as split_module  # noqa: E402
 from plot_hf.moo.split import SplitCapture  # noqa: E402
 
 SETTING = dict(classes=100, present=100, batch=128, image=32)
@@ -81,7 +85,43 @@ def make_plot_step(model: Wrapper, method: str):
     return plot_step(model, class_counts(SETTING["classes"]), stage, gradient_method=method)
 
 
-def variants(model: Wrapper, device: torch.device, with_loop: bool) -> dict:
+INDEX_ADD = "PLOT (per_sample_split, per-sample products + index_add)"
+
+
+def index_add_module_grads(module, params, inputs, deltas, groups, targets, chunk_size) -> None:
+    """The comparison form of the split's per-module kernel: per-sample gradients (``vmap`` of a VJP; one batched
+    matmul for convolutions), then ``index_add`` by class."""
+    b = deltas.shape[0]
+    if isinstance(module, torch.nn.Conv2d) and module.groups == 1 and module.padding_mode == "zeros":
+        cols = F.unfold(inputs, module.kernel_size, dilation=module.dilation, padding=module.padding,
+                        stride=module.stride)
+        dflat = deltas.reshape(b, deltas.shape[1], -1)
+        per_sample = {"weight": torch.bmm(dflat, cols.transpose(1, 2)).reshape(b, *params["weight"].shape)}
+        if params.get("bias") is not None:
+            per_sample["bias"] = dflat.sum(dim=2)
+    else:
+        def sample_loss(p, a, d):
+            return (torch.func.functional_call(module, p, (a.unsqueeze(0),)) * d.unsqueeze(0)).sum()
+
+        per_sample = torch.func.vmap(torch.func.grad(sample_loss), in_dims=(None, 0, 0), chunk_size=chunk_size)(
+            params, inputs, deltas)
+    for name, g in per_sample.items():
+        targets[name].add_(g.new_zeros(targets[name].shape).index_add(0, groups.positions, g))
+
+
+def with_index_add_kernels(fn):
+    def run(*args):
+        kernel = split_module._add_per_class_module_grads
+        split_module._add_per_class_module_grads = index_add_module_grads
+        try:
+            fn(*args)
+        finally:
+            split_module._add_per_class_module_grads = kernel
+
+    return run
+
+
+def variants(model: Wrapper, device: torch.device, with_loop: bool, with_index_add: bool = False) -> dict:
     auto = resolve_gradient_method(model, resolve_moo_parameters(model, None), "auto", device)
     if auto != "per_sample_split":
         raise SystemExit(f"`auto` resolved to {auto!r} on the ViT, expected per_sample_split.")
@@ -89,13 +129,16 @@ def variants(model: Wrapper, device: torch.device, with_loop: bool) -> dict:
     for method in ("per_sample_split", "loop") if with_loop else ("per_sample_split",):
         step = make_plot_step(model, method)
         found[f"PLOT ({method})"] = lambda m, x, y, step=step: run_plot(step, m, x, y)
+    if with_index_add:
+        step = make_plot_step(model, "per_sample_split")
+        found[INDEX_ADD] = with_index_add_kernels(lambda m, x, y, step=step: run_plot(step, m, x, y))
     return found
 
 
-def time_variants(reps: int, device: torch.device, with_loop: bool) -> dict[str, float]:
+def time_variants(reps: int, device: torch.device, with_loop: bool, with_index_add: bool) -> dict[str, float]:
     model = build_vit(SETTING["classes"], device)
     x, y = inputs(device)
-    fns = variants(model, device, with_loop)
+    fns = variants(model, device, with_loop, with_index_add)
     times: dict[str, list[float]] = {name: [] for name in fns}
     for fn in fns.values():  # warm-up
         fn(model, x, y)
@@ -119,7 +162,7 @@ def memory_child(name: str, device_name: str) -> float:
     device = torch.device(device_name)
     model = build_vit(SETTING["classes"], device)
     x, y = inputs(device)
-    fn = variants(model, device, with_loop=name.endswith("(loop)"))[name]
+    fn = variants(model, device, with_loop=name.endswith("(loop)"), with_index_add=name == INDEX_ADD)[name]
     if device.type == "cuda":
         synchronize(device)
         base = torch.cuda.memory_allocated(device)
@@ -204,6 +247,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--loop", action="store_true", help="also time the PLOT step with one backward per class")
+    parser.add_argument("--index-add-split", action="store_true",
+                        help="also time the split step with per-sample products summed by index_add")
     parser.add_argument("--top", type=int, default=14, help="rows of the profile")
     parser.add_argument("--memory-child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -213,7 +258,7 @@ def main(argv: list[str] | None = None) -> None:
     device = torch.device(args.device)
     print(f"# PLOT step on ViT-Tiny (patch 4, 32 px), {SETTING['classes']} classes ({SETTING['present']} present), "
           f"batch {SETTING['batch']}, device {device}, torch threads {torch.get_num_threads()}, reps {args.reps}\n")
-    times = time_variants(args.reps, device, args.loop)
+    times = time_variants(args.reps, device, args.loop, args.index_add_split)
     memory = {name: peak_memory(name, device) for name in times}
     plain_t, plain_m = times["plain step"], memory["plain step"]
     print("| variant | s / step | / plain | peak MiB | / plain |\n|---|---|---|---|---|")
