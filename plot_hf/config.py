@@ -76,7 +76,9 @@ class PLOTConfig(TrainingArguments):
             the direction `G^T lambda` is still applied exactly). Measured costs: `benchmarks/README.md`.
         moo_chunk_size (`int` or `None`, *optional*, defaults to `None`):
             Classes per batched vector-Jacobian call (`"batched"`), or directions per vectorised JVP call
-            (`"sketch"`), or samples per vectorised per-sample call (`"per_sample_split"`); bounds their memory.
+            (`"sketch"`), or samples per vectorised per-sample call of the normalisation and other layers that
+            `"per_sample_split"` differentiates per sample (its linear and convolution layers form each class's
+            gradient directly and are not chunked); bounds their memory.
             `None`: all at once (or as `moo_chunk_memory_mb` says).
         moo_chunk_memory_mb (`float` or `None`, *optional*, defaults to `None`):
             Memory bound (MiB) of one batched vector-Jacobian call (`"batched"`): each step, the chunk is the
