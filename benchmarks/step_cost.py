@@ -282,7 +282,12 @@ def _memory_child(cfg: dict, name: str, num_classes: int, present: int) -> float
     y = long_tailed_labels(num_classes, present, cfg["batch"], seed=0)
     norm, factory, _ = variants(cfg, num_classes)[name]
     model = build(cfg["arch"], num_classes, norm)
-    fn = factory(model, counts)
+    return rss_growth_of_two_steps(factory(model, counts), model, x, y)
+
+
+def rss_growth_of_two_steps(fn, model, x: torch.Tensor, y: torch.Tensor) -> float:
+    """Peak resident-memory growth (MiB) while ``fn(model, x, y)`` runs twice, sampled every millisecond by a
+    thread (on the CPU that is tensor memory)."""
     base = _rss_mib()
     peak, running = [base], [True]
 

@@ -29,12 +29,10 @@ import argparse
 import copy
 import cProfile
 import json
-import os
 import pstats
 import statistics
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -50,6 +48,7 @@ from benchmarks.step_cost import (  # noqa: E402
     class_counts,
     long_tailed_labels,
     plot_step,
+    rss_growth_of_two_steps,
     run_plot,
     synchronize,
 )
@@ -152,11 +151,6 @@ def time_variants(reps: int, device: torch.device, with_loop: bool, with_index_a
     return {name: statistics.median(values) for name, values in times.items()}
 
 
-def _rss_mib() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-
-
 def memory_child(name: str, device_name: str) -> float:
     """Peak memory growth (MiB) during two steps of ``name``, measured in this (fresh) process."""
     device = torch.device(device_name)
@@ -171,21 +165,7 @@ def memory_child(name: str, device_name: str) -> float:
             fn(model, x, y)
         synchronize(device)
         return (torch.cuda.max_memory_allocated(device) - base) / 2**20
-    base = _rss_mib()
-    peak, running = [base], [True]
-
-    def sample() -> None:
-        while running[0]:
-            peak[0] = max(peak[0], _rss_mib())
-            time.sleep(0.001)
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    for _ in range(2):
-        fn(model, x, y)
-    running[0] = False
-    sampler.join()
-    return max(peak[0], _rss_mib()) - base
+    return rss_growth_of_two_steps(fn, model, x, y)
 
 
 def peak_memory(name: str, device: torch.device) -> float:
