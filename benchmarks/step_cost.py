@@ -319,6 +319,11 @@ def cuda_peak_memory(cfg: dict, name: str, num_classes: int, present: int, devic
     model = build(cfg["arch"], num_classes, norm).to(device)
     fn = factory(model, counts)
     gc.collect()  # what earlier variants left in reference cycles is freed now, not during the two steps
+    return cuda_growth_of_two_steps(fn, model, x, y, device)
+
+
+def cuda_growth_of_two_steps(fn, model, x: torch.Tensor, y: torch.Tensor, device: torch.device) -> float:
+    """Growth (MiB) of ``torch.cuda.max_memory_allocated`` while ``fn(model, x, y)`` runs twice."""
     synchronize(device)
     base = torch.cuda.memory_allocated(device)
     torch.cuda.reset_peak_memory_stats(device)

@@ -46,6 +46,7 @@ import plot_hf  # noqa: E402, F401
 from benchmarks.step_cost import (  # noqa: E402
     Wrapper,
     class_counts,
+    cuda_growth_of_two_steps,
     long_tailed_labels,
     plot_step,
     rss_growth_of_two_steps,
@@ -158,13 +159,7 @@ def memory_child(name: str, device_name: str) -> float:
     x, y = inputs(device)
     fn = variants(model, device, with_loop=name.endswith("(loop)"), with_index_add=name == INDEX_ADD)[name]
     if device.type == "cuda":
-        synchronize(device)
-        base = torch.cuda.memory_allocated(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        for _ in range(2):
-            fn(model, x, y)
-        synchronize(device)
-        return (torch.cuda.max_memory_allocated(device) - base) / 2**20
+        return cuda_growth_of_two_steps(fn, model, x, y, device)
     return rss_growth_of_two_steps(fn, model, x, y)
 
 

@@ -167,7 +167,7 @@ def _code_block(text: str, language: str) -> str:
 def hparams_table(plot_hparams: Mapping[str, Any]) -> str:
     """``| hyperparameter | value |`` rows in the given order; an empty dict says so."""
     if not plot_hparams:
-        return "_PLOT was not enabled for this run (no PLOT hyperparameters)._"
+        return "_PLOT was off (no PLOT hyperparameters)._"
     rows = [[f"`{_escape(k)}`", _escape(v)] for k, v in plot_hparams.items()]
     return _table(["Hyperparameter", "Value"], rows)
 

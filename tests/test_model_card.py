@@ -126,7 +126,7 @@ def test_flat_metrics_without_baseline_or_plots():
     text = card.text
     assert "### Baseline vs PLOT" not in text and "## Plots" not in text
     assert "| Metric | Last epoch |\n" in text and "Best on validation" not in text.split("## Results")[1][:900]
-    assert "PLOT was not enabled" in text
+    assert "PLOT was off (no PLOT hyperparameters)" in text
     assert 'from_pretrained("plot-resnet32-cifar10-lt-if100")' in text
     assert {r.metric_type: r.metric_value for r in card.data.eval_results} == {
         "accuracy": 50.0, "few_shot_accuracy": 25.0
