@@ -174,10 +174,11 @@ def inat_fixture(tmp: str, size: int = 8) -> dict[str, str]:
     return {"image_root": root, "train": paths["train"], "test": paths["val"]}
 
 
-def ldam_reference(targets: np.ndarray, img_num_per_cls: list[int]) -> np.ndarray:
-    """Independent re-implementation of LDAM-DRW's IMBALANCECIFAR10.gen_imbalanced_data (global RNG)."""
+def ldam_reference(targets: np.ndarray, img_num_per_cls: list[int], seed: int = 0) -> np.ndarray:
+    """Independent re-implementation of LDAM-DRW's IMBALANCECIFAR10.gen_imbalanced_data (global RNG seeded with
+    ``seed``: 0 in LDAM-DRW's code, 50 in zzpustc/PLOT's train_cifar.py)."""
     state = np.random.get_state()
-    np.random.seed(0)
+    np.random.seed(seed)
     try:
         targets_np = np.array(targets, dtype=np.int64)
         classes = np.unique(targets_np)

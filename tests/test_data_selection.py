@@ -66,21 +66,6 @@ def test_reference_equals_ldam_procedure(num_classes, per_class):
     np.testing.assert_array_equal(ours, ldam_reference(labels, counts))
 
 
-def _plot_reference_draw(targets: np.ndarray, img_num_per_cls: list[int]) -> np.ndarray:
-    """zzpustc/PLOT: ``np.random.seed(50)`` in train_cifar.py, then ``gen_imbalanced_data`` (global RNG)."""
-    state = np.random.get_state()
-    np.random.seed(50)
-    try:
-        kept = []
-        for the_class, the_img_num in zip(np.unique(targets), img_num_per_cls, strict=True):
-            idx = np.where(targets == the_class)[0]
-            np.random.shuffle(idx)
-            kept.append(idx[:the_img_num])
-        return np.concatenate(kept)
-    finally:
-        np.random.set_state(state)
-
-
 def test_plot_selection_is_the_reference_draw_under_seed_50():
     labels = np.array([2, 0, 1, 0, 2, 1, 0, 1, 2, 0, 1, 2])
     # np.random.seed(50); per class 0, 1, 2: np.random.shuffle(np.where(labels == c)[0]), keep 4 / 2 / 1
@@ -89,7 +74,7 @@ def test_plot_selection_is_the_reference_draw_under_seed_50():
     for num_classes, per_class in ((10, 5000), (100, 500)):
         cifar = cifar_labels(num_classes, per_class, seed=4)
         counts = class_counts(num_classes, per_class, 100)
-        np.testing.assert_array_equal(select_indices(cifar, counts, "plot"), _plot_reference_draw(cifar, counts))
+        np.testing.assert_array_equal(select_indices(cifar, counts, "plot"), ldam_reference(cifar, counts, seed=50))
         assert not np.array_equal(select_indices(cifar, counts, "plot"), select_indices(cifar, counts, "reference"))
 
 
