@@ -96,10 +96,10 @@ class _PerturbedPoint:
 class PLOTStep:
     """The PLOT step of one (unwrapped) ``model``; build it with :func:`plot_hf.step.build_plot_step`.
 
-    ``host_reads``: may the step read values on the host (one name for the finiteness gates and the solver's
-    early exit, see :mod:`plot_hf.step._solve`)? None: on a CPU batch yes, on an accelerator no; then the only
-    value read on the host is the set of objective ids present (it fixes K, the number of per-class backward
-    passes), and the diagnostics stay on the device until the trainer logs them.
+    ``host_reads``: may the step read values on the host for the SAM finiteness gate? None: on a CPU batch yes,
+    on an accelerator no; then the values read on the host are the set of objective ids present (it fixes K, the
+    number of per-class backward passes) and, when the step solves, the K x K Gramian (the solver's one copy, see
+    :mod:`plot_hf.step._solve`); the diagnostics stay on the device until the trainer logs them.
     """
 
     model: nn.Module
